@@ -75,7 +75,12 @@ mod tests {
 
     #[test]
     fn raw_round_trip() {
-        for c in [Command::None, Command::Shutdown, Command::Reboot, Command::SyncRtc] {
+        for c in [
+            Command::None,
+            Command::Shutdown,
+            Command::Reboot,
+            Command::SyncRtc,
+        ] {
             assert_eq!(Command::from_raw(c.raw()), Ok(c));
         }
     }

@@ -62,11 +62,15 @@ impl Features {
     }
     /// Names of the known bits that are set, for logs and status.
     pub fn names(self) -> Vec<&'static str> {
-        [(Self::TIMESYNC, "TIMESYNC"), (Self::ACK, "ACK"), (Self::SYNCRTC, "SYNCRTC")]
-            .into_iter()
-            .filter(|(bit, _)| self.contains(*bit))
-            .map(|(_, name)| name)
-            .collect()
+        [
+            (Self::TIMESYNC, "TIMESYNC"),
+            (Self::ACK, "ACK"),
+            (Self::SYNCRTC, "SYNCRTC"),
+        ]
+        .into_iter()
+        .filter(|(bit, _)| self.contains(*bit))
+        .map(|(_, name)| name)
+        .collect()
     }
 }
 
@@ -120,6 +124,9 @@ mod tests {
         assert!(!accepted.contains(Features::ACK));
         assert_eq!(Features::NONE.to_string(), "none");
         // Bits we do not know are never accepted.
-        assert_eq!(Features(0xffff_fff8).intersection(Features::SUPPORTED), Features::NONE);
+        assert_eq!(
+            Features(0xffff_fff8).intersection(Features::SUPPORTED),
+            Features::NONE
+        );
     }
 }

@@ -31,7 +31,10 @@ pub enum HostTimeError {
 impl std::fmt::Display for HostTimeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            HostTimeError::Zero => write!(f, "host time reads 0 (no snapshot, or device not answering)"),
+            HostTimeError::Zero => write!(
+                f,
+                "host time reads 0 (no snapshot, or device not answering)"
+            ),
             HostTimeError::UsecOutOfRange(u) => {
                 write!(f, "host microseconds {u} out of range (>= 1000000)")
             }
@@ -81,7 +84,9 @@ impl TimeSample {
     /// went backwards in between (a step by someone else) gives 0 here; the
     /// caller should drop such a sample, see [`TimeSample::is_ordered`].
     pub fn round_trip_ns(&self) -> i64 {
-        self.guest_after_ns.saturating_sub(self.guest_before_ns).max(0)
+        self.guest_after_ns
+            .saturating_sub(self.guest_before_ns)
+            .max(0)
     }
 
     pub fn is_ordered(&self) -> bool {
@@ -148,41 +153,81 @@ mod tests {
         );
         assert_eq!(
             HostTime::validate(12, 0, BUILD),
-            Err(HostTimeError::BeforeBuild { sec: 12, not_before: BUILD })
+            Err(HostTimeError::BeforeBuild {
+                sec: 12,
+                not_before: BUILD
+            })
         );
         let t = HostTime::validate(BUILD + 10, 999_999, BUILD).unwrap();
-        assert_eq!(t.as_nanos(), (BUILD as i64 + 10) * NANOS_PER_SEC + 999_999_000);
+        assert_eq!(
+            t.as_nanos(),
+            (BUILD as i64 + 10) * NANOS_PER_SEC + 999_999_000
+        );
         // The full u32 range of seconds (vmd's truncation) stays positive.
-        assert!(HostTime { sec: u32::MAX, usec: 0 }.as_nanos() > 0);
+        assert!(
+            HostTime {
+                sec: u32::MAX,
+                usec: 0
+            }
+            .as_nanos()
+                > 0
+        );
     }
 
     #[test]
     fn offset_is_host_minus_guest_at_bracket_midpoint() {
-        let host = HostTime { sec: 2_000_000_000, usec: 250 };
+        let host = HostTime {
+            sec: 2_000_000_000,
+            usec: 250,
+        };
         let host_ns = host.as_nanos();
         // Guest is 3 s behind; the read took 40 µs.
         let before = host_ns - 3 * NANOS_PER_SEC - 20_000;
-        let s = TimeSample { guest_before_ns: before, host, guest_after_ns: before + 40_000 };
+        let s = TimeSample {
+            guest_before_ns: before,
+            host,
+            guest_after_ns: before + 40_000,
+        };
         assert_eq!(s.round_trip_ns(), 40_000);
         assert_eq!(s.offset_ns(), 3 * NANOS_PER_SEC + 500);
         assert_eq!(s.error_bound_ns(), 20_500);
         // Guest ahead gives a negative offset.
-        let ahead = TimeSample { guest_before_ns: host_ns + 7_000, host, guest_after_ns: host_ns + 9_000 };
+        let ahead = TimeSample {
+            guest_before_ns: host_ns + 7_000,
+            host,
+            guest_after_ns: host_ns + 9_000,
+        };
         assert_eq!(ahead.offset_ns(), -8_000 + 500);
     }
 
     #[test]
     fn backwards_bracket_is_flagged() {
-        let host = HostTime { sec: 2_000_000_000, usec: 0 };
-        let s = TimeSample { guest_before_ns: 10, host, guest_after_ns: 5 };
+        let host = HostTime {
+            sec: 2_000_000_000,
+            usec: 0,
+        };
+        let s = TimeSample {
+            guest_before_ns: 10,
+            host,
+            guest_after_ns: 5,
+        };
         assert!(!s.is_ordered());
         assert_eq!(s.round_trip_ns(), 0);
     }
 
     #[test]
     fn drift_split_keeps_sign_on_both_fields() {
-        assert_eq!((Drift(-300_000_000).sec(), Drift(-300_000_000).nsec()), (0, -300_000_000));
-        assert_eq!((Drift(-1_300_000_000).sec(), Drift(-1_300_000_000).nsec()), (-1, -300_000_000));
-        assert_eq!((Drift(2_000_000_001).sec(), Drift(2_000_000_001).nsec()), (2, 1));
+        assert_eq!(
+            (Drift(-300_000_000).sec(), Drift(-300_000_000).nsec()),
+            (0, -300_000_000)
+        );
+        assert_eq!(
+            (Drift(-1_300_000_000).sec(), Drift(-1_300_000_000).nsec()),
+            (-1, -300_000_000)
+        );
+        assert_eq!(
+            (Drift(2_000_000_001).sec(), Drift(2_000_000_001).nsec()),
+            (2, 1)
+        );
     }
 }

@@ -1,1 +1,219 @@
-//! placeholder
+//! What the agent shows: one status record, written atomically under
+//! `/run/vmmci/` by the daemon and read back by `vmmci status`, which
+//! renders it for a person, as JSON for scripts, or as the old kernel
+//! driver's `vmmci.drift_sec` / `vmmci.drift_nsec` sysctl lines.
+
+mod render;
+mod store;
+mod timefmt;
+
+use serde::{Deserialize, Serialize};
+use vmmci_agent::Snapshot;
+use vmmci_protocol::Drift;
+
+pub use render::{render_sysctl, render_text};
+pub use store::{read_status, write_status, StatusError, DEFAULT_RUN_DIR, STATUS_FILE};
+pub use timefmt::rfc3339;
+
+/// The agent's state as the status file holds it. Times are ns since the
+/// Unix epoch (guest clock); offsets are host − guest, ns.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    /// `/proc/sys/kernel/random/boot_id` when written, so a latch from a
+    /// previous boot is never trusted.
+    pub boot_id: Option<String>,
+    /// PCI address of the device, or `simulator`.
+    pub device: String,
+    pub state: String,
+    pub features_offered: Vec<String>,
+    pub features: Vec<String>,
+    pub poll_interval_ms: u64,
+    pub sample_interval_ms: u64,
+    pub started_at_ns: i64,
+    pub updated_at_ns: i64,
+    pub polls: u64,
+    pub last_command: Option<CommandStatus>,
+    /// Last drift sample: host − guest.
+    pub drift_ns: Option<i64>,
+    pub round_trip_ns: Option<i64>,
+    pub error_bound_ns: Option<i64>,
+    pub drift_at_ns: Option<i64>,
+    pub drift_min_ns: Option<i64>,
+    pub drift_max_ns: Option<i64>,
+    pub drift_samples: u64,
+    /// The last drift points, oldest first.
+    pub drift_history: Vec<DriftEntry>,
+    pub last_step: Option<StepStatus>,
+    /// The COMMAND value already handled (see the agent's latch).
+    pub latched_command: Option<u32>,
+    /// Why the last drift sample or device access failed, if it did.
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandStatus {
+    pub name: String,
+    pub raw: u32,
+    pub at_ns: i64,
+    pub acked: bool,
+    pub outcome: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriftEntry {
+    pub at_ns: i64,
+    pub offset_ns: i64,
+    pub round_trip_ns: i64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepStatus {
+    pub at_ns: i64,
+    pub delta_ns: i64,
+    pub error_bound_ns: i64,
+    pub residual_ns: Option<i64>,
+}
+
+/// Facts about the process that the agent's snapshot does not carry.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessInfo {
+    pub device: String,
+    pub started_at_ns: i64,
+    pub now_ns: i64,
+    pub boot_id: Option<String>,
+    pub last_error: Option<String>,
+}
+
+impl Status {
+    pub fn from_snapshot(s: &Snapshot, p: &ProcessInfo) -> Status {
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            boot_id: p.boot_id.clone(),
+            device: p.device.clone(),
+            state: s.state.name().to_string(),
+            features_offered: s
+                .features_offered
+                .names()
+                .iter()
+                .map(|n| n.to_string())
+                .collect(),
+            features: s.features.names().iter().map(|n| n.to_string()).collect(),
+            poll_interval_ms: s.poll_interval.as_millis() as u64,
+            sample_interval_ms: s.sample_interval.as_millis() as u64,
+            started_at_ns: p.started_at_ns,
+            updated_at_ns: p.now_ns,
+            polls: s.polls,
+            last_command: s.last_command.as_ref().map(|c| CommandStatus {
+                name: c.name(),
+                raw: c.raw,
+                at_ns: c.at_ns,
+                acked: c.acked,
+                outcome: c.outcome.to_string(),
+            }),
+            drift_ns: s.last_drift.map(|d| d.offset_ns),
+            round_trip_ns: s.last_drift.map(|d| d.round_trip_ns),
+            error_bound_ns: s.last_drift.map(|d| d.error_bound_ns),
+            drift_at_ns: s.last_drift.map(|d| d.at_ns),
+            drift_min_ns: s.drift_min_ns,
+            drift_max_ns: s.drift_max_ns,
+            drift_samples: s.drift_samples,
+            drift_history: s
+                .drift_history
+                .iter()
+                .map(|d| DriftEntry {
+                    at_ns: d.at_ns,
+                    offset_ns: d.offset_ns,
+                    round_trip_ns: d.round_trip_ns,
+                })
+                .collect(),
+            last_step: s.last_step.map(|st| StepStatus {
+                at_ns: st.at_ns,
+                delta_ns: st.delta_ns,
+                error_bound_ns: st.error_bound_ns,
+                residual_ns: st.residual_ns,
+            }),
+            latched_command: s.latched,
+            last_error: p.last_error.clone().or_else(|| s.last_sample_error.clone()),
+        }
+    }
+
+    /// The last drift split as the old driver's sysctls, sign on both.
+    pub fn drift(&self) -> Option<Drift> {
+        self.drift_ns.map(Drift)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use vmmci_agent::{CommandRecord, DriftPoint, Outcome, PowerAction, State};
+    use vmmci_protocol::{Command, Features};
+
+    pub(crate) fn sample_status() -> Status {
+        let snap = Snapshot {
+            state: State::Rebooting,
+            features_offered: Features(7),
+            features: Features(7),
+            poll_interval: Duration::from_millis(250),
+            sample_interval: Duration::from_secs(15),
+            last_command: Some(CommandRecord {
+                raw: 2,
+                command: Some(Command::Reboot),
+                at_ns: 1_900_000_000_123_000_000,
+                acked: true,
+                outcome: Outcome::PowerStarted(PowerAction::Reboot),
+            }),
+            last_drift: Some(DriftPoint {
+                at_ns: 1_900_000_000_000_000_000,
+                offset_ns: -300_000_000,
+                round_trip_ns: 40_000,
+                error_bound_ns: 20_500,
+            }),
+            drift_min_ns: Some(-300_000_000),
+            drift_max_ns: Some(1_000),
+            drift_samples: 3,
+            drift_history: vec![],
+            last_step: None,
+            latched: Some(2),
+            polls: 17,
+            last_sample_error: None,
+        };
+        let p = ProcessInfo {
+            device: "0000:00:05.0".into(),
+            started_at_ns: 1_899_999_000_000_000_000,
+            now_ns: 1_900_000_001_000_000_000,
+            boot_id: Some("b00t".into()),
+            last_error: None,
+        };
+        Status::from_snapshot(&snap, &p)
+    }
+
+    #[test]
+    fn snapshot_maps_to_status() {
+        let s = sample_status();
+        assert_eq!(s.state, "rebooting");
+        assert_eq!(s.features, vec!["TIMESYNC", "ACK", "SYNCRTC"]);
+        assert_eq!(s.poll_interval_ms, 250);
+        let c = s.last_command.as_ref().unwrap();
+        assert_eq!((c.name.as_str(), c.acked), ("REBOOT", true));
+        assert_eq!(c.outcome, "reboot started through init");
+        assert_eq!(
+            s.drift().map(|d| (d.sec(), d.nsec())),
+            Some((0, -300_000_000))
+        );
+        assert_eq!(s.latched_command, Some(2));
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let s = sample_status();
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(text.contains("\"drift_ns\":-300000000"), "{text}");
+        let back: Status = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, s);
+    }
+}

@@ -1,1 +1,43 @@
-//! placeholder
+//! An in-process simulator of OpenBSD vmd's vmmci device, held to
+//! `shared/docs/vmd-vmmci.md`, quirks included.
+//!
+//! - [`Vmd`] is the device plus the vmd logic around it: the guest side is
+//!   [`Vmd::bar_read`]/[`Vmd::bar_write`] (offset within BAR0, 1/2/4 bytes),
+//!   the host side is what vmctl and vmd do ([`Vmd::vmctl_stop`],
+//!   [`Vmd::jump_host_clock`], [`Vmd::guest_reset`], ...).
+//! - [`SimBar`] puts it behind the agent's
+//!   [`RegisterIo`](vmmci_transport::RegisterIo), and can inject I/O faults.
+//! - [`HostClock`] abstracts the host's realtime and monotonic clocks;
+//!   tests drive a [`ManualClock`], the rig uses [`SystemClock`].
+//!
+//! Timers and the 1 s RTC tick run lazily, at the start of every access or
+//! host call and in [`Vmd::poll`]: with a [`ManualClock`], advance it, then
+//! poll. Every access that breaks the access rule (undecoded offset, wrong
+//! width) is recorded in [`Vmd::violations`], even where vmd itself would
+//! not care, so a test can catch an agent that breaks it.
+//!
+//! ```
+//! use std::time::Duration;
+//! use vmd_sim::{ManualClock, Vmd, VmdConfig, VmEnd};
+//! use vmmci_protocol::Register;
+//!
+//! let clock = ManualClock::new(1_750_000_000_000_000_000);
+//! let mut vmd = Vmd::new(VmdConfig::default(), Box::new(clock.clone()));
+//! vmd.bar_write(Register::DEVICE_STATUS, 1, 7); // DRIVER_OK
+//! vmd.vmctl_stop().unwrap();                   // posts REBOOT
+//! clock.advance(Duration::from_secs(3));       // nobody acknowledges
+//! vmd.poll();
+//! assert_eq!(vmd.ended(), Some(VmEnd::AckTimeout));
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod bar;
+mod clock;
+mod device;
+mod event;
+
+pub use bar::{FaultInjector, SimBar};
+pub use clock::{HostClock, ManualClock, SystemClock};
+pub use device::{ArmedTimer, StopRefused, TimerKind, Vmd, VmdConfig};
+pub use event::{AccessViolation, Event, EventKind, ViolationReason, VmEnd};

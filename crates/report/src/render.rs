@@ -1,0 +1,171 @@
+//! Status for people and for sysctl-style readers.
+
+use std::fmt::Write;
+
+use vmmci_agent::{fmt_bound, fmt_ns};
+
+use crate::{rfc3339, Status};
+
+/// A few aligned lines for a person. `alive` says whether the process that
+/// wrote the status still runs; `now_ns` dates the "ago" figures.
+pub fn render_text(s: &Status, alive: bool, now_ns: i64) -> String {
+    let mut out = String::new();
+    let ago = |at: i64| format!("{} ({} ago)", rfc3339(at), fmt_age(now_ns - at));
+    let running = if alive {
+        format!("agent running (pid {})", s.pid)
+    } else {
+        format!("agent NOT running (pid {} is gone; status is stale)", s.pid)
+    };
+    let _ = writeln!(out, "vmmci {}: {running}", s.version);
+    let _ = writeln!(out, "device:         {}", s.device);
+    let _ = writeln!(out, "state:          {}", s.state);
+    let _ = writeln!(
+        out,
+        "features:       {} (offered: {})",
+        join_or_none(&s.features),
+        join_or_none(&s.features_offered)
+    );
+    let _ = writeln!(
+        out,
+        "polling:        every {} ms, drift sample every {} s ({} polls)",
+        s.poll_interval_ms,
+        s.sample_interval_ms / 1000,
+        s.polls
+    );
+    match &s.last_command {
+        Some(c) => {
+            let _ = writeln!(
+                out,
+                "last command:   {} at {}, {}: {}",
+                c.name,
+                ago(c.at_ns),
+                if c.acked {
+                    "acknowledged"
+                } else {
+                    "not acknowledged"
+                },
+                c.outcome
+            );
+        }
+        None => {
+            let _ = writeln!(out, "last command:   none since start");
+        }
+    }
+    match (s.drift_ns, s.drift_at_ns) {
+        (Some(d), Some(at)) => {
+            let _ = writeln!(
+                out,
+                "drift:          {} host − guest, ±{}, round trip {}, at {}",
+                fmt_ns(d),
+                fmt_bound(s.error_bound_ns.unwrap_or(0)),
+                fmt_bound(s.round_trip_ns.unwrap_or(0)),
+                ago(at)
+            );
+            if let (Some(lo), Some(hi)) = (s.drift_min_ns, s.drift_max_ns) {
+                let _ = writeln!(
+                    out,
+                    "drift range:    {} .. {} over {} samples",
+                    fmt_ns(lo),
+                    fmt_ns(hi),
+                    s.drift_samples
+                );
+            }
+        }
+        _ => {
+            let _ = writeln!(out, "drift:          not measured yet");
+        }
+    }
+    match &s.last_step {
+        Some(st) => {
+            let residual = st
+                .residual_ns
+                .map(|r| format!(", residual {}", fmt_ns(r)))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "last step:      {} at {}{residual}",
+                fmt_ns(st.delta_ns),
+                ago(st.at_ns)
+            );
+        }
+        None => {
+            let _ = writeln!(out, "last step:      none since start");
+        }
+    }
+    if let Some(e) = &s.last_error {
+        let _ = writeln!(out, "last error:     {e}");
+    }
+    let _ = writeln!(out, "updated:        {}", ago(s.updated_at_ns));
+    out
+}
+
+/// The old kernel driver's sysctls, `sysctl`'s `name = value` form. Both
+/// fields keep the sign (−0.3 s is 0 and −300000000).
+pub fn render_sysctl(s: &Status) -> Option<String> {
+    let d = s.drift()?;
+    Some(format!(
+        "vmmci.drift_sec = {}\nvmmci.drift_nsec = {}\n",
+        d.sec(),
+        d.nsec()
+    ))
+}
+
+fn join_or_none(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join("|")
+    }
+}
+
+fn fmt_age(ns: i64) -> String {
+    let s = ns.max(0) / 1_000_000_000;
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests::sample_status;
+
+    #[test]
+    fn text_has_every_field_a_person_looks_for() {
+        let s = sample_status();
+        let text = render_text(&s, true, s.updated_at_ns + 2_000_000_000);
+        for needle in [
+            "agent running (pid",
+            "device:         0000:00:05.0",
+            "state:          rebooting",
+            "TIMESYNC|ACK|SYNCRTC",
+            "every 250 ms",
+            "REBOOT at",
+            "acknowledged: reboot started through init",
+            "-300.000 ms host − guest",
+            "round trip 40.000 µs",
+            "last step:      none",
+            "(2 s ago)",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        let stale = render_text(&s, false, s.updated_at_ns);
+        assert!(stale.contains("NOT running"), "{stale}");
+    }
+
+    #[test]
+    fn sysctl_keeps_the_sign_on_both_fields() {
+        let s = sample_status();
+        assert_eq!(
+            render_sysctl(&s).unwrap(),
+            "vmmci.drift_sec = 0\nvmmci.drift_nsec = -300000000\n"
+        );
+        let none = Status {
+            drift_ns: None,
+            ..s
+        };
+        assert_eq!(render_sysctl(&none), None);
+    }
+}

@@ -1,0 +1,139 @@
+//! The status file: written whole or not at all (temp file + rename), so a
+//! reader never sees half a record.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::Status;
+
+pub const DEFAULT_RUN_DIR: &str = "/run/vmmci";
+pub const STATUS_FILE: &str = "status.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("{0}: is a symbolic link; refusing to write status through it")]
+    Symlink(PathBuf),
+    #[error("cannot write status in {dir}: {source}")]
+    Write {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no status at {0}: is `vmmci daemon` running? (start it, or pass --run-dir)")]
+    Missing(PathBuf),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not a vmmci status record: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// Write `status` to `dir/status.json` atomically, world-readable.
+pub fn write_status(dir: &Path, status: &Status) -> Result<(), StatusError> {
+    let werr = |source| StatusError::Write {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_symlink() => return Err(StatusError::Symlink(dir.to_path_buf())),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(werr)?;
+        }
+        Err(e) => return Err(werr(e)),
+    }
+    let tmp = dir.join(format!(".{STATUS_FILE}.{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let body = serde_json::to_vec_pretty(status).map_err(|e| werr(io::Error::other(e)))?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc_o_nofollow())
+        .open(&tmp)
+        .map_err(werr)?;
+    let written = file.write_all(&body).and_then(|_| file.write_all(b"\n"));
+    drop(file);
+    if let Err(e) = written.and_then(|_| fs::rename(&tmp, dir.join(STATUS_FILE))) {
+        let _ = fs::remove_file(&tmp);
+        return Err(werr(e));
+    }
+    Ok(())
+}
+
+/// Read `dir/status.json`.
+pub fn read_status(dir: &Path) -> Result<Status, StatusError> {
+    let path = dir.join(STATUS_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StatusError::Missing(path)),
+        Err(source) => return Err(StatusError::Read { path, source }),
+    };
+    serde_json::from_str(&text).map_err(|e| StatusError::Corrupt {
+        path,
+        reason: e.to_string(),
+    })
+}
+
+// O_NOFOLLOW without a libc dependency for one constant (same on every
+// Linux architecture this agent builds for: x86, arm, riscv).
+const fn libc_o_nofollow() -> i32 {
+    0o400000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn write_then_read_back_world_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run/vmmci");
+        let s = crate::tests::sample_status();
+        write_status(&run, &s).unwrap();
+        write_status(&run, &s).unwrap(); // overwrite in place
+        assert_eq!(read_status(&run).unwrap(), s);
+        let mode = fs::metadata(run.join(STATUS_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
+        let leftovers: Vec<_> = fs::read_dir(&run).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temp files left behind");
+    }
+
+    #[test]
+    fn missing_and_corrupt_say_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = read_status(dir.path()).unwrap_err();
+        assert!(
+            err.to_string().contains("is `vmmci daemon` running"),
+            "{err}"
+        );
+        fs::write(dir.path().join(STATUS_FILE), "{not json").unwrap();
+        let err = read_status(dir.path()).unwrap_err();
+        assert!(matches!(err, StatusError::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_planted_symlink_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        fs::create_dir(&target).unwrap();
+        let link = dir.path().join("vmmci");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = write_status(&link, &crate::tests::sample_status()).unwrap_err();
+        assert!(matches!(err, StatusError::Symlink(_)), "{err}");
+        assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,174 @@
+//! The production transport: BAR0 through `/sys/bus/pci/devices/<BDF>/resource0`.
+//!
+//! For an I/O BAR the kernel turns a `pread`/`pwrite` of exactly 1, 2 or 4
+//! bytes at offset `off` into one `in`/`out` instruction at `start + off`
+//! (`pci_resource_io` in drivers/pci/pci-sysfs.c); any other count is EINVAL.
+//! Values travel in the CPU's byte order.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use vmmci_protocol::Register;
+
+use crate::{RegisterIo, TransportError};
+
+/// An open `resource0`.
+#[derive(Debug)]
+pub struct SysfsBar {
+    file: File,
+    path: PathBuf,
+}
+
+impl SysfsBar {
+    /// Open for reading and writing (root only: the file is mode 0600).
+    pub fn open(path: &Path) -> Result<SysfsBar, TransportError> {
+        let display = path.display().to_string();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::PermissionDenied => TransportError::NotRoot {
+                    path: display.clone(),
+                },
+                io::ErrorKind::NotFound => {
+                    TransportError::Gone(format!("{display} does not exist"))
+                }
+                _ => TransportError::NotVmmci {
+                    path: display.clone(),
+                    reason: e.to_string(),
+                },
+            })?;
+        Ok(SysfsBar {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io_error(&self, op: &'static str, reg: Register, e: io::Error) -> TransportError {
+        let path = self.path.display().to_string();
+        match (op, e.raw_os_error()) {
+            ("write", Some(libc::EPERM)) => TransportError::Lockdown { path },
+            (_, Some(libc::ENODEV)) | (_, Some(libc::ENOENT)) => {
+                TransportError::Gone(format!("{path}: {e}"))
+            }
+            _ => TransportError::Io {
+                path,
+                op,
+                reg,
+                source: e,
+            },
+        }
+    }
+}
+
+impl RegisterIo for SysfsBar {
+    fn read(&mut self, reg: Register) -> Result<u32, TransportError> {
+        let width = reg.width().bytes();
+        let mut buf = [0u8; 4];
+        let n = self
+            .file
+            .read_at(&mut buf[..width], reg.offset())
+            .map_err(|e| self.io_error("read", reg, e))?;
+        if n != width {
+            return Err(TransportError::Short {
+                path: self.path.display().to_string(),
+                op: "read",
+                reg,
+                done: n,
+                want: width,
+            });
+        }
+        Ok(match width {
+            1 => buf[0] as u32,
+            2 => u16::from_ne_bytes([buf[0], buf[1]]) as u32,
+            _ => u32::from_ne_bytes(buf),
+        })
+    }
+
+    fn write(&mut self, reg: Register, value: u32) -> Result<(), TransportError> {
+        let width = reg.width().bytes();
+        let bytes = value.to_ne_bytes();
+        // On little-endian x86 the low bytes come first; take them by value
+        // so the code is right on any byte order.
+        let buf: Vec<u8> = match width {
+            1 => vec![value as u8],
+            2 => (value as u16).to_ne_bytes().to_vec(),
+            _ => bytes.to_vec(),
+        };
+        let n = self
+            .file
+            .write_at(&buf, reg.offset())
+            .map_err(|e| self.io_error("write", reg, e))?;
+        if n != width {
+            return Err(TransportError::Short {
+                path: self.path.display().to_string(),
+                op: "write",
+                reg,
+                done: n,
+                want: width,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A regular file stands in for resource0: each access must land at
+    /// the register's offset with its width, nothing around it touched.
+    #[test]
+    fn accesses_hit_the_register_offset_with_its_width() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("resource0");
+        std::fs::write(&p, vec![0xaau8; 0x40]).unwrap();
+        let mut bar = SysfsBar::open(&p).unwrap();
+        bar.write(Register::Command, 0x0102_0304).unwrap();
+        bar.write(Register::DeviceStatus, 0x7).unwrap();
+        let raw = std::fs::read(&p).unwrap();
+        assert_eq!(&raw[0x14..0x18], &0x0102_0304u32.to_ne_bytes());
+        assert_eq!(raw[0x12], 0x7);
+        assert_eq!(
+            raw[0x13], 0xaa,
+            "1-byte status write must not spill into ISR"
+        );
+        assert_eq!(raw[0x11], 0xaa);
+        assert_eq!(bar.read(Register::Command).unwrap(), 0x0102_0304);
+        assert_eq!(bar.read(Register::DeviceStatus).unwrap(), 0x7);
+        assert_eq!(bar.read(Register::QueueSelect).unwrap(), 0xaaaa);
+    }
+
+    #[test]
+    fn short_read_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("resource0");
+        std::fs::write(&p, [0u8; 0x16]).unwrap();
+        let mut bar = SysfsBar::open(&p).unwrap();
+        let err = bar.read(Register::Command).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TransportError::Short {
+                    done: 2,
+                    want: 4,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_file_is_gone() {
+        let err = SysfsBar::open(Path::new("/nonexistent/resource0")).unwrap_err();
+        assert!(matches!(err, TransportError::Gone(_)), "{err}");
+    }
+}

@@ -1,0 +1,282 @@
+//! `/etc/vmmci.toml`: every setting the daemon has, with defaults. Flags on
+//! the command line override the file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+pub const DEFAULT_CONFIG: &str = "/etc/vmmci.toml";
+
+/// vmd kills a VM that does not acknowledge within 3 s; polling slower than
+/// this could miss that.
+pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(2);
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// vmd's long timeout after the ACK is 120 s (30 s before 2019).
+pub const MAX_GRACE: Duration = Duration::from_secs(110);
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// PCI address of the device; found by vendor/device id when unset.
+    pub device: Option<String>,
+    #[serde(deserialize_with = "de_duration")]
+    pub poll_interval: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub sample_interval: Duration,
+    /// How long init gets to reboot or power off before the agent forces it.
+    #[serde(deserialize_with = "de_duration")]
+    pub grace: Duration,
+    pub run_dir: PathBuf,
+    pub debug: bool,
+    pub power: PowerConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PowerConfig {
+    /// argv run for REBOOT (no shell).
+    pub reboot: Vec<String>,
+    /// argv run for SHUTDOWN (no shell).
+    pub poweroff: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            device: None,
+            poll_interval: Duration::from_millis(250),
+            sample_interval: Duration::from_secs(15),
+            grace: Duration::from_secs(25),
+            run_dir: PathBuf::from(vmmci_report::DEFAULT_RUN_DIR),
+            debug: false,
+            power: PowerConfig::default(),
+        }
+    }
+}
+
+impl Default for PowerConfig {
+    fn default() -> Self {
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        PowerConfig {
+            reboot: owned(vmmci_actions::DEFAULT_REBOOT),
+            poweroff: owned(vmmci_actions::DEFAULT_POWEROFF),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{what}: {why}")]
+    Invalid { what: String, why: String },
+}
+
+impl Config {
+    /// Load `path`. A missing file at the default path means defaults; a
+    /// missing file the user named is an error.
+    pub fn load(path: &Path, named_by_user: bool) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !named_by_user => {
+                return Ok(Config::default())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let config = Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parse TOML text; the error names the line, the column and the key.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e: toml::de::Error| e.to_string().trim_end().to_string())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |what: &str, why: String| {
+            Err(ConfigError::Invalid {
+                what: what.into(),
+                why,
+            })
+        };
+        if self.poll_interval > MAX_POLL_INTERVAL || self.poll_interval < MIN_POLL_INTERVAL {
+            return invalid(
+                "poll_interval",
+                format!(
+                    "{:?} is outside {:?}..={:?} (vmd kills a guest that does not acknowledge within 3 s)",
+                    self.poll_interval, MIN_POLL_INTERVAL, MAX_POLL_INTERVAL
+                ),
+            );
+        }
+        if self.sample_interval < Duration::from_secs(1) {
+            return invalid(
+                "sample_interval",
+                format!("{:?} is under 1 s", self.sample_interval),
+            );
+        }
+        if self.grace > MAX_GRACE {
+            return invalid(
+                "grace",
+                format!(
+                    "{:?} is over {:?}: vmd's long timeout (120 s) would end the VM first",
+                    self.grace, MAX_GRACE
+                ),
+            );
+        }
+        for (key, argv) in [
+            ("power.reboot", &self.power.reboot),
+            ("power.poweroff", &self.power.poweroff),
+        ] {
+            if argv.first().is_none_or(|p| p.is_empty()) {
+                return invalid(key, "must name a program, e.g. [\"reboot\"]".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `250ms`, `15s`, `2m`, `1.5s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().map_err(|_| {
+        format!("invalid duration {text:?}: use a number with ms, s or m, e.g. \"250ms\"")
+    })?;
+    let secs = match unit.trim() {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" | "min" => value * 60.0,
+        other => {
+            return Err(format!(
+                "invalid duration {text:?}: unknown unit {other:?}; use ms, s or m, e.g. \"250ms\""
+            ))
+        }
+    };
+    if !secs.is_finite() || secs > 86_400.0 {
+        return Err(format!("invalid duration {text:?}: too long"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("fast").unwrap_err().contains("use a number"));
+        assert!(parse_duration("5h").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn empty_file_is_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.poll_interval, Duration::from_millis(250));
+        assert_eq!(c.power.reboot, vec!["reboot"]);
+    }
+
+    #[test]
+    fn full_file() {
+        let c = Config::parse(
+            r#"
+device = "0000:00:05.0"
+poll_interval = "100ms"
+sample_interval = "30s"
+grace = "40s"
+run_dir = "/tmp/vmmci"
+debug = true
+
+[power]
+reboot = ["/sbin/openrc-shutdown", "-r", "now"]
+poweroff = ["/sbin/openrc-shutdown", "-p", "now"]
+"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.device.as_deref(), Some("0000:00:05.0"));
+        assert_eq!(c.poll_interval, Duration::from_millis(100));
+        assert_eq!(c.grace, Duration::from_secs(40));
+        assert_eq!(c.power.reboot, vec!["/sbin/openrc-shutdown", "-r", "now"]);
+    }
+
+    #[test]
+    fn bad_file_names_the_line_and_the_key() {
+        let err = Config::parse("debug = true\npoll_intervall = \"1s\"\n").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("poll_intervall"), "{err}");
+        let err = Config::parse("\n\npoll_interval = \"fast\"\n").unwrap_err();
+        assert!(
+            err.contains("line 3") && err.contains("poll_interval"),
+            "{err}"
+        );
+        assert!(err.contains("use a number"), "{err}");
+        let err = Config::parse("[power]\nreboot = \"reboot\"\n").unwrap_err();
+        assert!(err.contains("line 2") && err.contains("reboot"), "{err}");
+    }
+
+    #[test]
+    fn values_that_would_break_vmd_deadlines_are_refused() {
+        let slow = Config {
+            poll_interval: Duration::from_secs(5),
+            ..Config::default()
+        };
+        assert!(slow.validate().unwrap_err().to_string().contains("3 s"));
+        let long = Config {
+            grace: Duration::from_secs(200),
+            ..Config::default()
+        };
+        assert!(long.validate().unwrap_err().to_string().contains("120 s"));
+        let empty = Config {
+            power: PowerConfig {
+                reboot: vec![],
+                ..PowerConfig::default()
+            },
+            ..Config::default()
+        };
+        assert!(empty
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("power.reboot"));
+    }
+
+    #[test]
+    fn missing_file_defaults_only_when_not_named() {
+        let missing = Path::new("/nonexistent/vmmci.toml");
+        assert_eq!(Config::load(missing, false).unwrap(), Config::default());
+        assert!(matches!(
+            Config::load(missing, true),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}
