@@ -28,9 +28,7 @@ impl GuestClock for SystemClock {
         // SAFETY: an all-zero timex is valid input.
         let mut tx: libc::timex = unsafe { std::mem::zeroed() };
         tx.modes = libc::ADJ_SETOFFSET | libc::ADJ_NANO;
-        // The kernel wants tv_usec (nanoseconds here) in [0, 1e9).
-        tx.time.tv_sec = delta_ns.div_euclid(NANOS_PER_SEC);
-        tx.time.tv_usec = delta_ns.rem_euclid(NANOS_PER_SEC);
+        (tx.time.tv_sec, tx.time.tv_usec) = split_ns(delta_ns);
         // SAFETY: tx is a valid timex for the duration of the call.
         let rc = unsafe { libc::clock_adjtime(libc::CLOCK_REALTIME, &mut tx) };
         if rc >= 0 {
@@ -46,13 +44,17 @@ impl GuestClock for SystemClock {
     }
 }
 
+/// The kernel wants times and offsets as whole seconds plus nanoseconds in
+/// [0, 1e9): −0.3 s is (−1, 700000000).
+fn split_ns(delta_ns: i64) -> (i64, i64) {
+    (delta_ns.div_euclid(NANOS_PER_SEC), delta_ns.rem_euclid(NANOS_PER_SEC))
+}
+
 impl SystemClock {
     fn settime(&self, delta_ns: i64) -> Result<(), ClockError> {
         let target = self.now_ns() + delta_ns;
-        let ts = libc::timespec {
-            tv_sec: target.div_euclid(NANOS_PER_SEC),
-            tv_nsec: target.rem_euclid(NANOS_PER_SEC),
-        };
+        let (tv_sec, tv_nsec) = split_ns(target);
+        let ts = libc::timespec { tv_sec, tv_nsec };
         // SAFETY: ts is a valid timespec.
         if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } == 0 {
             return Ok(());
@@ -78,15 +80,15 @@ mod tests {
         assert!(b >= a);
     }
 
-    /// A zero step changes nothing but proves the call path: it succeeds as
-    /// root and fails with a clear "not permitted" otherwise.
+    // No test here calls step(): even a zero ADJ_SETOFFSET clears the
+    // kernel's NTP state, and tests must never re-clock the machine they
+    // run on. The end-to-end tests step a real guest's clock in QEMU.
     #[test]
-    fn zero_step_is_harmless() {
-        let mut c = SystemClock;
-        match c.step(0) {
-            Ok(()) => {}
-            Err(ClockError::NotPermitted(msg)) => assert!(!msg.is_empty()),
-            Err(other) => panic!("unexpected: {other}"),
-        }
+    fn offsets_split_with_nanoseconds_in_range() {
+        assert_eq!(split_ns(0), (0, 0));
+        assert_eq!(split_ns(1_500_000_000), (1, 500_000_000));
+        assert_eq!(split_ns(-300_000_000), (-1, 700_000_000));
+        assert_eq!(split_ns(-2_000_000_000), (-2, 0));
+        assert_eq!(split_ns(-1), (-1, 999_999_999));
     }
 }

@@ -29,18 +29,7 @@ impl SysfsBar {
             .read(true)
             .write(true)
             .open(path)
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::PermissionDenied => TransportError::NotRoot {
-                    path: display.clone(),
-                },
-                io::ErrorKind::NotFound => {
-                    TransportError::Gone(format!("{display} does not exist"))
-                }
-                _ => TransportError::NotVmmci {
-                    path: display.clone(),
-                    reason: e.to_string(),
-                },
-            })?;
+            .map_err(|e| open_error(&display, e))?;
         Ok(SysfsBar {
             file,
             path: path.to_path_buf(),
@@ -52,19 +41,38 @@ impl SysfsBar {
     }
 
     fn io_error(&self, op: &'static str, reg: Register, e: io::Error) -> TransportError {
-        let path = self.path.display().to_string();
-        match (op, e.raw_os_error()) {
-            ("write", Some(libc::EPERM)) => TransportError::Lockdown { path },
-            (_, Some(libc::ENODEV)) | (_, Some(libc::ENOENT)) => {
-                TransportError::Gone(format!("{path}: {e}"))
-            }
-            _ => TransportError::Io {
-                path,
-                op,
-                reg,
-                source: e,
-            },
+        access_error(&self.path.display().to_string(), op, reg, e)
+    }
+}
+
+/// What a failed open of `resource0` means for the user.
+fn open_error(path: &str, e: io::Error) -> TransportError {
+    let path = path.to_string();
+    match e.kind() {
+        io::ErrorKind::PermissionDenied => TransportError::NotRoot { path },
+        io::ErrorKind::NotFound => TransportError::Gone(format!("{path} does not exist")),
+        _ => TransportError::NotVmmci {
+            path,
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// What a failed register access means: under kernel lockdown the kernel
+/// refuses writes to I/O BARs with EPERM while reads still work.
+fn access_error(path: &str, op: &'static str, reg: Register, e: io::Error) -> TransportError {
+    let path = path.to_string();
+    match (op, e.raw_os_error()) {
+        ("write", Some(libc::EPERM)) => TransportError::Lockdown { path },
+        (_, Some(libc::ENODEV)) | (_, Some(libc::ENOENT)) => {
+            TransportError::Gone(format!("{path}: {e}"))
         }
+        _ => TransportError::Io {
+            path,
+            op,
+            reg,
+            source: e,
+        },
     }
 }
 
@@ -164,6 +172,24 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn errors_say_what_to_do() {
+        let e = |errno| io::Error::from_raw_os_error(errno);
+        let lockdown = access_error("r0", "write", Register::Command, e(libc::EPERM));
+        assert!(matches!(lockdown, TransportError::Lockdown { .. }));
+        assert!(lockdown.to_string().contains("lockdown=none"), "{lockdown}");
+        // Reads are not refused by lockdown; an EPERM there is a plain error.
+        let read = access_error("r0", "read", Register::Command, e(libc::EPERM));
+        assert!(
+            matches!(read, TransportError::Io { op: "read", .. }),
+            "{read}"
+        );
+        let gone = access_error("r0", "read", Register::Command, e(libc::ENODEV));
+        assert!(matches!(gone, TransportError::Gone(_)));
+        let not_root = open_error("r0", e(libc::EACCES));
+        assert!(not_root.to_string().contains("run as root"), "{not_root}");
     }
 
     #[test]

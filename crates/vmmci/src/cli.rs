@@ -27,6 +27,9 @@ pub struct Cli {
     /// Verbose trace of every decision (the old driver's debug=1).
     #[arg(long, global = true)]
     pub debug: bool,
+    /// Where PCI devices are listed (tests point it at a fake tree).
+    #[arg(long, global = true, hide = true, value_name = "DIR", default_value = vmmci_transport::discover::SYSFS_PCI_DEVICES)]
+    pub sysfs_root: PathBuf,
     #[command(subcommand)]
     pub command: Cmd,
 }

@@ -30,6 +30,9 @@ pub struct Config {
     pub run_dir: PathBuf,
     pub debug: bool,
     pub power: PowerConfig,
+    /// Where PCI devices are listed; from `--sysfs-root`, not the file.
+    #[serde(skip)]
+    pub sysfs_root: PathBuf,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -51,6 +54,7 @@ impl Default for Config {
             run_dir: PathBuf::from(vmmci_report::DEFAULT_RUN_DIR),
             debug: false,
             power: PowerConfig::default(),
+            sysfs_root: PathBuf::from(vmmci_transport::discover::SYSFS_PCI_DEVICES),
         }
     }
 }

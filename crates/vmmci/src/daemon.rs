@@ -32,7 +32,7 @@ pub fn run(mut config: Config, args: DaemonArgs) -> Result<ExitCode, CliError> {
     }
     config.validate()?;
 
-    let dev = device::open(config.device.as_deref())?;
+    let dev = device::open(&config.sysfs_root, config.device.as_deref())?;
     info!(
         "vmmci {} on {} ({})",
         env!("CARGO_PKG_VERSION"),
@@ -61,7 +61,12 @@ pub fn run(mut config: Config, args: DaemonArgs) -> Result<ExitCode, CliError> {
         },
         failing: false,
     };
-    serve(agent, reporter)
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .map_err(|e| CliError::Failed(format!("cannot install signal handler: {e}")))?;
+    }
+    serve(agent, reporter, &stop)
 }
 
 pub fn agent_config(config: &Config) -> AgentConfig {
@@ -107,15 +112,13 @@ impl Reporter {
     }
 }
 
+/// The loop: handshake, then tick at every deadline until `stop` is set,
+/// then release the device.
 fn serve<B: RegisterIo, C: GuestClock, P: Power>(
     mut agent: Agent<B, C, P>,
     mut reporter: Reporter,
+    stop: &AtomicBool,
 ) -> Result<ExitCode, CliError> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .map_err(|e| CliError::Failed(format!("cannot install signal handler: {e}")))?;
-    }
     agent.handshake()?;
     reporter.write(&agent);
 
@@ -168,4 +171,134 @@ fn serve<B: RegisterIo, C: GuestClock, P: Power>(
     }
     reporter.write(&agent);
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use vmd_sim::{SimBar, Vmd, VmdConfig};
+    use vmmci_agent::{ClockError, PowerAction, PowerError};
+    use vmmci_protocol::{status, Command};
+
+    /// The guest clock: this machine's, read only (a test never steps it).
+    struct ReadOnlyClock;
+    impl GuestClock for ReadOnlyClock {
+        fn now_ns(&self) -> i64 {
+            SystemClock.now_ns()
+        }
+        fn step(&mut self, _: i64) -> Result<(), ClockError> {
+            Err(ClockError::NotPermitted("test clock".into()))
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<PowerAction>>>);
+    impl Power for Recorder {
+        fn begin(&mut self, a: PowerAction) -> Result<(), PowerError> {
+            self.0.lock().unwrap().push(a);
+            Ok(())
+        }
+        fn sync_disks(&mut self) {}
+        fn force(&mut self, a: PowerAction) -> Result<(), PowerError> {
+            self.0.lock().unwrap().push(a);
+            Ok(())
+        }
+    }
+
+    /// The real loop, on real time, against the simulator: a stop is
+    /// acknowledged well within vmd's 3 s, the status file follows, and a
+    /// stop signal releases the device.
+    #[test]
+    fn the_loop_acks_reports_and_releases() {
+        let dir = tempfile::tempdir().unwrap();
+        let vmd = Arc::new(Mutex::new(Vmd::new(
+            VmdConfig::default(),
+            Box::new(vmd_sim::SystemClock),
+        )));
+        let power = Recorder::default();
+        let config = Config {
+            poll_interval: Duration::from_millis(20),
+            ..Config::default()
+        };
+        let agent = Agent::new(
+            SimBar::new(vmd.clone()),
+            ReadOnlyClock,
+            power.clone(),
+            agent_config(&config),
+        );
+        let reporter = Reporter {
+            run_dir: dir.path().to_path_buf(),
+            info: ProcessInfo {
+                device: "simulator".into(),
+                ..ProcessInfo::default()
+            },
+            failing: false,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let daemon =
+            std::thread::spawn(move || serve(agent, reporter, &flag).map_err(|e| e.to_string()));
+
+        let wait = |what: &str, cond: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !cond() {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        wait("DRIVER_OK", &|| {
+            vmd.lock().unwrap().device_status() & status::DRIVER_OK != 0
+        });
+        vmd.lock().unwrap().vmctl_stop().unwrap();
+        let asked = Instant::now();
+        wait("the REBOOT to be handled", &|| {
+            !power.0.lock().unwrap().is_empty()
+        });
+        assert!(
+            asked.elapsed() < Duration::from_secs(3),
+            "ACK took {:?}",
+            asked.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(3100));
+        assert_eq!(vmd.lock().unwrap().ended(), None, "vmd saw the ACK in time");
+        wait("the status file", &|| {
+            read_status(dir.path())
+                .ok()
+                .and_then(|s| s.last_command)
+                .is_some_and(|c| c.raw == Command::REBOOT)
+        });
+        let s = read_status(dir.path()).unwrap();
+        assert_eq!(s.state, "rebooting");
+        assert!(s.drift_ns.is_some(), "drift sampled at start");
+        assert_eq!(s.latched_command, Some(Command::REBOOT));
+
+        stop.store(true, Ordering::Relaxed);
+        assert!(daemon.join().unwrap().is_ok());
+        assert_eq!(vmd.lock().unwrap().device_status(), 0, "released");
+        assert_eq!(read_status(dir.path()).unwrap().state, "released");
+        assert_eq!(
+            *power.0.lock().unwrap(),
+            vec![PowerAction::Reboot],
+            "acted once"
+        );
+    }
+
+    #[test]
+    fn a_latch_is_trusted_only_from_this_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Status {
+            boot_id: Some("boot-a".into()),
+            latched_command: Some(2),
+            ..Status::default()
+        };
+        vmmci_report::write_status(dir.path(), &old).unwrap();
+        assert_eq!(previous_latch(dir.path(), Some("boot-a")), Some(2));
+        assert_eq!(previous_latch(dir.path(), Some("boot-b")), None);
+        assert_eq!(previous_latch(dir.path(), None), None);
+        assert_eq!(
+            previous_latch(&dir.path().join("none"), Some("boot-a")),
+            None
+        );
+    }
 }

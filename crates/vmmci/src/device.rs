@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use tracing::{info, warn};
-use vmmci_transport::discover::{self, PciDevice, SYSFS_LOCKDOWN, SYSFS_PCI_DEVICES};
+use vmmci_transport::discover::{self, PciDevice, SYSFS_LOCKDOWN};
 use vmmci_transport::sysfs::SysfsBar;
 use vmmci_transport::TransportError;
 
@@ -14,8 +14,8 @@ pub struct OpenDevice {
 
 /// Find the device (or check the named one), make sure it decodes I/O, and
 /// open its BAR for reading and writing.
-pub fn open(bdf: Option<&str>) -> Result<OpenDevice, TransportError> {
-    let pci = discover::find(Path::new(SYSFS_PCI_DEVICES), bdf)?;
+pub fn open(sysfs_root: &Path, bdf: Option<&str>) -> Result<OpenDevice, TransportError> {
+    let pci = discover::find(sysfs_root, bdf)?;
     for note in pci.identity_notes() {
         warn!(
             "{}: {note}; going on, but this may not be vmd's device",

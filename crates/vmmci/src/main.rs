@@ -44,7 +44,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let named = cli.config.as_os_str() != config::DEFAULT_CONFIG;
     let config = match Config::load(&cli.config, named) {
-        Ok(c) => c,
+        Ok(c) => Config {
+            sysfs_root: cli.sysfs_root.clone(),
+            ..c
+        },
         Err(e) => return fail(&e.into()),
     };
     // simulate tells its own story on stdout; the agent's logs would repeat it.

@@ -16,7 +16,10 @@ fn agent(
     config: &Config,
     arg: &DeviceArg,
 ) -> Result<Agent<vmmci_transport::sysfs::SysfsBar, SystemClock, InitPower>, CliError> {
-    let dev = device::open(arg.device.as_deref().or(config.device.as_deref()))?;
+    let dev = device::open(
+        &config.sysfs_root,
+        arg.device.as_deref().or(config.device.as_deref()),
+    )?;
     // Power is never used here: nothing below handles commands.
     Ok(Agent::new(
         dev.bar,

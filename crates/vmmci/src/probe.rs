@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use vmmci_actions::SystemClock;
 use vmmci_agent::{fmt_bound, fmt_ns, Agent};
 use vmmci_protocol::{status, Command, Features, Register};
-use vmmci_transport::discover::{self, SYSFS_LOCKDOWN, SYSFS_PCI_DEVICES};
+use vmmci_transport::discover::{self, SYSFS_LOCKDOWN};
 use vmmci_transport::sysfs::SysfsBar;
 use vmmci_transport::RegisterIo;
 
@@ -18,7 +18,7 @@ use crate::CliError;
 
 pub fn run(config: &Config, args: DeviceArg) -> Result<ExitCode, CliError> {
     let bdf = args.device.as_deref().or(config.device.as_deref());
-    let pci = discover::find(Path::new(SYSFS_PCI_DEVICES), bdf)?;
+    let pci = discover::find(&config.sysfs_root, bdf)?;
     println!("device:    {} ({})", pci.bdf, pci.path.display());
     println!(
         "identity:  {:04x}:{:04x} subsystem {:04x}:{:04x} rev {} class {:#08x}: OpenBSD vmd VMM Control Interface",

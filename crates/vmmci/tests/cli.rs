@@ -1,0 +1,216 @@
+//! The `vmmci` binary as a user runs it, against a fake sysfs tree (a
+//! regular file stands in for `resource0`), so no test depends on, or
+//! touches, this machine's hardware, clock or power.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vmmci");
+
+fn vmmci(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run vmmci")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A vmd device as sysfs shows it: identity files, an I/O BAR0 with decode
+/// on, and a register file laid out like vmd's BAR.
+fn fake_sysfs(root: &Path) -> PathBuf {
+    let dev = root.join("0000:00:05.0");
+    fs::create_dir_all(&dev).unwrap();
+    for (name, value) in [
+        ("vendor", "0x0b5d"),
+        ("device", "0x0777"),
+        ("subsystem_vendor", "0x0b5d"),
+        ("subsystem_device", "0xffff"),
+        ("revision", "0x00"),
+        ("class", "0x078000"),
+    ] {
+        fs::write(dev.join(name), format!("{value}\n")).unwrap();
+    }
+    fs::write(
+        dev.join("resource"),
+        "0x000000000000c000 0x000000000000cfff 0x0000000000040101\n",
+    )
+    .unwrap();
+    let mut config = vec![0u8; 64];
+    config[4] = 0x1; // I/O decode on
+    fs::write(dev.join("config"), config).unwrap();
+    let mut regs = vec![0u8; 0x28];
+    regs[0..4].copy_from_slice(&7u32.to_ne_bytes());
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    regs[0x18..0x1c].copy_from_slice(&(now.as_secs() as u32).to_ne_bytes());
+    regs[0x20..0x24].copy_from_slice(&now.subsec_micros().to_ne_bytes());
+    fs::write(dev.join("resource0"), regs).unwrap();
+    dev
+}
+
+#[test]
+fn probe_says_clearly_when_this_is_not_a_vmd_guest() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = vmmci(&["--sysfs-root", empty.path().to_str().unwrap(), "probe"]);
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(t.contains("not an OpenBSD vmd guest"), "{t}");
+    assert!(!t.contains("panicked"), "{t}");
+}
+
+#[test]
+fn probe_explains_a_device() {
+    let root = tempfile::tempdir().unwrap();
+    fake_sysfs(root.path());
+    let out = vmmci(&["--sysfs-root", root.path().to_str().unwrap(), "probe"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    for needle in [
+        "device:    0000:00:05.0",
+        "0b5d:0777 subsystem 0b5d:ffff rev 0",
+        "driver:    none",
+        "I/O 0xc000-0xcfff, I/O decode on",
+        "offered TIMESYNC|ACK|SYNCRTC",
+        "no agent: vmctl stop would kill this VM at once",
+        "command:   NONE",
+        "host time: offset",
+    ] {
+        assert!(t.contains(needle), "missing {needle:?} in\n{t}");
+    }
+}
+
+#[test]
+fn sync_dry_run_prints_offset_and_error_bound() {
+    let root = tempfile::tempdir().unwrap();
+    fake_sysfs(root.path());
+    let out = vmmci(&[
+        "--sysfs-root",
+        root.path().to_str().unwrap(),
+        "sync",
+        "--dry-run",
+    ]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("offset ") && t.contains("error bound ±"), "{t}");
+}
+
+#[test]
+fn daemon_handshakes_serves_and_releases_on_sigterm() {
+    let root = tempfile::tempdir().unwrap();
+    let dev = fake_sysfs(root.path());
+    let run = root.path().join("run");
+    let mut child = Command::new(BIN)
+        .args([
+            "--sysfs-root",
+            root.path().to_str().unwrap(),
+            "daemon",
+            "--poll-interval",
+            "20ms",
+        ])
+        .args(["--run-dir", run.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !run.join("status.json").exists() {
+        assert!(Instant::now() < deadline, "no status file");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let regs = fs::read(dev.join("resource0")).unwrap();
+    assert_eq!(regs[0x12], 0x7, "DRIVER_OK written to the status register");
+    assert_eq!(&regs[0x04..0x08], &7u32.to_ne_bytes(), "features accepted");
+    let status = vmmci(&["status", "--json", "--run-dir", run.to_str().unwrap()]);
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(json["state"], "running");
+    assert_eq!(json["device"], "0000:00:05.0");
+    assert_eq!(json["poll_interval_ms"], 20);
+
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let regs = fs::read(dev.join("resource0")).unwrap();
+    assert_eq!(regs[0x12], 0, "status written back to 0 on a normal exit");
+    let status = vmmci(&["status", "--run-dir", run.to_str().unwrap()]);
+    assert!(
+        text(&status).contains("state:          released"),
+        "{}",
+        text(&status)
+    );
+}
+
+#[test]
+fn bad_config_names_the_line_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("vmmci.toml");
+    fs::write(&cfg, "poll_interval = \"250ms\"\nreboot_cmd = \"reboot\"\n").unwrap();
+    let out = vmmci(&["--config", cfg.to_str().unwrap(), "status"]);
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(t.contains("line 2") && t.contains("reboot_cmd"), "{t}");
+    fs::write(&cfg, "poll_interval = \"5s\"\n").unwrap();
+    let t = text(&vmmci(&["--config", cfg.to_str().unwrap(), "status"]));
+    assert!(t.contains("poll_interval") && t.contains("3 s"), "{t}");
+    let t = text(&vmmci(&["--config", "/nonexistent/vmmci.toml", "status"]));
+    assert!(t.contains("cannot read /nonexistent/vmmci.toml"), "{t}");
+}
+
+#[test]
+fn status_without_a_daemon_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = vmmci(&["status", "--run-dir", dir.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("is `vmmci daemon` running"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn status_sysctl_keeps_the_old_driver_names_and_the_sign() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = vmmci_report::Status {
+        drift_ns: Some(-1_300_000_000),
+        ..Default::default()
+    };
+    vmmci_report::write_status(dir.path(), &status).unwrap();
+    let out = vmmci(&[
+        "status",
+        "--sysctl",
+        "--run-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "vmmci.drift_sec = -1\nvmmci.drift_nsec = -300000000\n"
+    );
+}
+
+#[test]
+fn simulate_runs_the_script_and_touches_nothing() {
+    let out = vmmci(&["simulate"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    for needle in [
+        "handshake done: DRIVER_OK",
+        "RTC clock drift",
+        "SYNCRTC acknowledged: clock stepped by +91.5",
+        "vmctl stop",
+        "REBOOT acknowledged: reboot started through init",
+        "VM ended: clean stop",
+        "rule violations: 0",
+        "result: OK",
+    ] {
+        assert!(t.contains(needle), "missing {needle:?} in\n{t}");
+    }
+}
