@@ -1,1 +1,39 @@
-//! placeholder
+//! End-to-end rig: real Debian kernels in QEMU (TCG) with vmd's vmmci device
+//! simulated by `vmd-sim` behind QEMU's `x-pci-proxy-dev`.
+//!
+//! See `scripts/rig/README.md` for how to run it.
+
+pub mod artifacts;
+pub mod clock;
+pub mod image;
+pub mod proxy;
+pub mod qemu;
+#[cfg(feature = "sim")]
+pub mod vm;
+
+/// Everything that can go wrong setting up or driving a VM.
+#[derive(Debug)]
+pub enum RigError {
+    /// A tool or artifact is missing: the message says what to run.
+    Missing(String),
+    Io(String, std::io::Error),
+    /// `wait_console` timed out; carries the console tail.
+    Timeout { what: String, tail: String },
+    /// QEMU exited while we were waiting for something else.
+    Exited { what: String, tail: String },
+}
+
+impl std::fmt::Display for RigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RigError::Missing(s) => write!(f, "{s}"),
+            RigError::Io(s, e) => write!(f, "{s}: {e}"),
+            RigError::Timeout { what, tail } => write!(f, "timed out waiting for {what}\n--- console tail ---\n{tail}\n---"),
+            RigError::Exited { what, tail } => {
+                write!(f, "VM ended while waiting for {what}\n--- console tail ---\n{tail}\n---")
+            }
+        }
+    }
+}
+
+impl std::error::Error for RigError {}

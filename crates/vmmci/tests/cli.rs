@@ -104,7 +104,7 @@ fn daemon_handshakes_serves_and_releases_on_sigterm() {
     let root = tempfile::tempdir().unwrap();
     let dev = fake_sysfs(root.path());
     let run = root.path().join("run");
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args([
             "--sysfs-root",
             root.path().to_str().unwrap(),
