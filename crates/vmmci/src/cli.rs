@@ -53,6 +53,24 @@ pub enum Cmd {
     /// scripted host (boot, host suspend, vmctl stop) and show what
     /// happened. Touches nothing on this machine.
     Simulate(SimulateArgs),
+    /// Write the man page or shell completions (for packagers).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[arg(value_enum)]
+    pub what: Generated,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Generated {
+    /// vmmci(8) in roff.
+    Man,
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Args)]

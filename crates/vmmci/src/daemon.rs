@@ -121,6 +121,7 @@ fn serve<B: RegisterIo, C: GuestClock, P: Power>(
 ) -> Result<ExitCode, CliError> {
     agent.handshake()?;
     reporter.write(&agent);
+    notify_systemd("READY=1\nSTATUS=DRIVER_OK, polling");
 
     let start = Instant::now();
     let mut last_error: Option<String> = None;
@@ -165,12 +166,37 @@ fn serve<B: RegisterIo, C: GuestClock, P: Power>(
             std::thread::sleep(left.min(Duration::from_millis(250)));
         }
     }
+    notify_systemd("STOPPING=1");
     info!("stopping: writing device status 0");
     if let Err(e) = agent.release() {
         warn!("could not release the device: {e}");
     }
     reporter.write(&agent);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tell systemd (`Type=notify`) how the service is doing; nothing without
+/// `NOTIFY_SOCKET`.
+fn notify_systemd(state: &str) {
+    if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
+        let path = path.to_string_lossy();
+        if let Err(e) = notify_at(&path, state) {
+            warn!("cannot notify systemd at {path}: {e}");
+        }
+    }
+}
+
+/// The sd_notify protocol is one datagram to a path or an abstract socket
+/// (`@name`), so no crate is needed.
+fn notify_at(path: &str, state: &str) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let addr = match path.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes())?,
+        None => SocketAddr::from_pathname(path)?,
+    };
+    UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -282,6 +308,17 @@ mod tests {
             vec![PowerAction::Reboot],
             "acted once"
         );
+    }
+
+    #[test]
+    fn readiness_reaches_the_notify_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        notify_at(path.to_str().unwrap(), "READY=1").unwrap();
+        let mut buf = [0u8; 64];
+        let n = sock.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
     }
 
     #[test]

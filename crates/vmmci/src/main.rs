@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod daemon;
 mod device;
+mod generate;
 mod oneshot;
 mod probe;
 mod simulate;
@@ -60,6 +61,7 @@ fn main() -> ExitCode {
         Cmd::Sync(args) => oneshot::sync(&config, args),
         Cmd::NotifyPoweroff(args) => oneshot::notify_poweroff(&config, args),
         Cmd::Simulate(args) => simulate::run(&config, args),
+        Cmd::Generate(args) => generate::run(args),
     };
     match result {
         Ok(code) => code,
