@@ -14,10 +14,12 @@ use vmmci_protocol::Register;
 
 use crate::{RegisterIo, TransportError};
 
-/// An open `resource0`.
+/// An open `resource0`. When the device goes away (hot-unplug, a rescan)
+/// the file is dropped and reopened on the next access, so the agent
+/// recovers when the device comes back.
 #[derive(Debug)]
 pub struct SysfsBar {
-    file: File,
+    file: Option<File>,
     path: PathBuf,
 }
 
@@ -31,17 +33,35 @@ impl SysfsBar {
             .open(path)
             .map_err(|e| open_error(&display, e))?;
         Ok(SysfsBar {
-            file,
+            file: Some(file),
             path: path.to_path_buf(),
         })
+    }
+
+    /// The open file, reopened if the device went away before.
+    fn file(&mut self) -> Result<&File, TransportError> {
+        if self.file.is_none() {
+            let display = self.path.display().to_string();
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&self.path)
+                .map_err(|e| open_error(&display, e))?;
+            self.file = Some(file);
+        }
+        Ok(self.file.as_ref().expect("opened above"))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    fn io_error(&self, op: &'static str, reg: Register, e: io::Error) -> TransportError {
-        access_error(&self.path.display().to_string(), op, reg, e)
+    fn io_error(&mut self, op: &'static str, reg: Register, e: io::Error) -> TransportError {
+        let err = access_error(&self.path.display().to_string(), op, reg, e);
+        if matches!(err, TransportError::Gone(_)) {
+            self.file = None;
+        }
+        err
     }
 }
 
@@ -80,19 +100,9 @@ impl RegisterIo for SysfsBar {
     fn read(&mut self, reg: Register) -> Result<u32, TransportError> {
         let width = reg.width().bytes();
         let mut buf = [0u8; 4];
-        let n = self
-            .file
-            .read_at(&mut buf[..width], reg.offset())
-            .map_err(|e| self.io_error("read", reg, e))?;
-        if n != width {
-            return Err(TransportError::Short {
-                path: self.path.display().to_string(),
-                op: "read",
-                reg,
-                done: n,
-                want: width,
-            });
-        }
+        let result = self.file()?.read_at(&mut buf[..width], reg.offset());
+        let n = result.map_err(|e| self.io_error("read", reg, e))?;
+        self.check_count("read", reg, n)?;
         Ok(match width {
             1 => buf[0] as u32,
             2 => u16::from_ne_bytes([buf[0], buf[1]]) as u32,
@@ -102,28 +112,41 @@ impl RegisterIo for SysfsBar {
 
     fn write(&mut self, reg: Register, value: u32) -> Result<(), TransportError> {
         let width = reg.width().bytes();
-        let bytes = value.to_ne_bytes();
-        // On little-endian x86 the low bytes come first; take them by value
-        // so the code is right on any byte order.
-        let buf: Vec<u8> = match width {
-            1 => vec![value as u8],
-            2 => (value as u16).to_ne_bytes().to_vec(),
-            _ => bytes.to_vec(),
+        // Narrow by value, so the low bytes go out on any byte order.
+        let (b1, b2, b4) = (
+            [value as u8],
+            (value as u16).to_ne_bytes(),
+            value.to_ne_bytes(),
+        );
+        let buf: &[u8] = match width {
+            1 => &b1,
+            2 => &b2,
+            _ => &b4,
         };
-        let n = self
-            .file
-            .write_at(&buf, reg.offset())
-            .map_err(|e| self.io_error("write", reg, e))?;
-        if n != width {
-            return Err(TransportError::Short {
-                path: self.path.display().to_string(),
-                op: "write",
-                reg,
-                done: n,
-                want: width,
-            });
+        let result = self.file()?.write_at(buf, reg.offset());
+        let n = result.map_err(|e| self.io_error("write", reg, e))?;
+        self.check_count("write", reg, n)
+    }
+}
+
+impl SysfsBar {
+    fn check_count(
+        &self,
+        op: &'static str,
+        reg: Register,
+        done: usize,
+    ) -> Result<(), TransportError> {
+        let want = reg.width().bytes();
+        if done == want {
+            return Ok(());
         }
-        Ok(())
+        Err(TransportError::Short {
+            path: self.path.display().to_string(),
+            op,
+            reg,
+            done,
+            want,
+        })
     }
 }
 
@@ -190,6 +213,24 @@ mod tests {
         assert!(matches!(gone, TransportError::Gone(_)));
         let not_root = open_error("r0", e(libc::EACCES));
         assert!(not_root.to_string().contains("run as root"), "{not_root}");
+    }
+
+    #[test]
+    fn a_vanished_device_is_reopened_when_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("resource0");
+        std::fs::write(&p, [0u8; 0x28]).unwrap();
+        let mut bar = SysfsBar::open(&p).unwrap();
+        bar.file = None; // as after an ENODEV
+        std::fs::remove_file(&p).unwrap();
+        assert!(matches!(
+            bar.read(Register::Command),
+            Err(TransportError::Gone(_))
+        ));
+        let mut regs = [0u8; 0x28];
+        regs[0x14..0x18].copy_from_slice(&2u32.to_ne_bytes());
+        std::fs::write(&p, regs).unwrap();
+        assert_eq!(bar.read(Register::Command).unwrap(), 2);
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub fn run(mut config: Config, args: DaemonArgs) -> Result<ExitCode, CliError> {
     }
     config.validate()?;
 
+    let _lock = single_instance(&config.run_dir)?;
     let dev = device::open(&config.sysfs_root, config.device.as_deref())?;
     info!(
         "vmmci {} on {} ({})",
@@ -67,6 +68,44 @@ pub fn run(mut config: Config, args: DaemonArgs) -> Result<ExitCode, CliError> {
             .map_err(|e| CliError::Failed(format!("cannot install signal handler: {e}")))?;
     }
     serve(agent, reporter, &stop)
+}
+
+/// Hold `run_dir/lock` for the life of the daemon: two agents polling one
+/// device would both act on a command. A run directory that cannot be
+/// written (read-only or full /run) only costs this check, not the service.
+fn single_instance(run_dir: &Path) -> Result<Option<std::fs::File>, CliError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let opened = std::fs::create_dir_all(run_dir).and_then(|_| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(run_dir.join("lock"))
+    });
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) => {
+            warn!(
+                "cannot create {}/lock ({e}); not checking for a second agent",
+                run_dir.display()
+            );
+            return Ok(None);
+        }
+    };
+    // SAFETY: flock on a valid, owned file descriptor.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let pid = read_status(run_dir)
+            .map(|s| format!(" (pid {})", s.pid))
+            .unwrap_or_default();
+        return Err(CliError::Failed(format!(
+            "another vmmci daemon is running{pid} (it holds {}/lock); stop it first",
+            run_dir.display()
+        )));
+    }
+    Ok(Some(file))
 }
 
 pub fn agent_config(config: &Config) -> AgentConfig {
@@ -129,10 +168,17 @@ fn serve<B: RegisterIo, C: GuestClock, P: Power>(
     while !stop.load(Ordering::Relaxed) {
         let now = start.elapsed();
         let report_due = now.saturating_sub(last_report) >= agent.config().sample_interval;
-        match agent.tick(now) {
+        // After a failure the device may be a new one (unplugged and back,
+        // decode toggled): handshake again before going on, so vmd sees
+        // DRIVER_OK and does not refuse the next stop.
+        let result = match last_error {
+            Some(_) => agent.handshake().and_then(|_| agent.tick(now)),
+            None => agent.tick(now),
+        };
+        match result {
             Ok(tick) => {
                 if last_error.take().is_some() {
-                    info!("device answers again");
+                    info!("device answers again; handshake redone");
                     reporter.info.last_error = None;
                 }
                 if tick.handled.is_some()
@@ -145,8 +191,7 @@ fn serve<B: RegisterIo, C: GuestClock, P: Power>(
                 }
             }
             Err(e) => {
-                // Log a failure once, not every poll, and keep trying: the
-                // device may come back (hot-unplug, I/O decode toggled).
+                // Log a failure once, not every poll, and keep trying.
                 let text = e.to_string();
                 if last_error.as_deref() != Some(&text) {
                     error!("{text}");
@@ -308,6 +353,54 @@ mod tests {
             vec![PowerAction::Reboot],
             "acted once"
         );
+    }
+
+    /// Device errors are logged, the loop keeps going, and when the device
+    /// answers again the handshake is redone.
+    #[test]
+    fn the_loop_recovers_from_device_errors_with_a_new_handshake() {
+        let dir = tempfile::tempdir().unwrap();
+        let vmd = Arc::new(Mutex::new(Vmd::new(
+            VmdConfig::default(),
+            Box::new(vmd_sim::SystemClock),
+        )));
+        let bar = SimBar::new(vmd.clone());
+        let faults = bar.clone();
+        let config = Config {
+            poll_interval: Duration::from_millis(10),
+            ..Config::default()
+        };
+        let agent = Agent::new(
+            bar,
+            ReadOnlyClock,
+            Recorder::default(),
+            agent_config(&config),
+        );
+        let reporter = Reporter {
+            run_dir: dir.path().to_path_buf(),
+            info: ProcessInfo::default(),
+            failing: false,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let daemon =
+            std::thread::spawn(move || serve(agent, reporter, &flag).map_err(|e| e.to_string()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while vmd.lock().unwrap().status_writes().len() < 4 {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        faults.fail_next(5);
+        while vmd.lock().unwrap().status_writes().len() < 8 {
+            assert!(Instant::now() < deadline, "no second handshake");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            vmd.lock().unwrap().device_status() & status::DRIVER_OK,
+            status::DRIVER_OK
+        );
+        stop.store(true, Ordering::Relaxed);
+        assert!(daemon.join().unwrap().is_ok());
     }
 
     #[test]

@@ -124,6 +124,19 @@ fn daemon_handshakes_serves_and_releases_on_sigterm() {
     }
     let regs = fs::read(dev.join("resource0")).unwrap();
     assert_eq!(regs[0x12], 0x7, "DRIVER_OK written to the status register");
+    let second = vmmci(&[
+        "--sysfs-root",
+        root.path().to_str().unwrap(),
+        "daemon",
+        "--run-dir",
+        run.to_str().unwrap(),
+    ]);
+    assert!(!second.status.success());
+    assert!(
+        text(&second).contains("another vmmci daemon is running (pid"),
+        "{}",
+        text(&second)
+    );
     assert_eq!(&regs[0x04..0x08], &7u32.to_ne_bytes(), "features accepted");
     let status = vmmci(&["status", "--json", "--run-dir", run.to_str().unwrap()]);
     let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
