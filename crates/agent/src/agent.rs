@@ -83,6 +83,10 @@ pub enum AgentError {
     BadHostTime { tries: u32, last: HostTimeError },
     #[error("the guest clock went backwards during every sample")]
     ClockUnordered,
+    #[error("the host time snapshot does not refresh (same value for {span_ms} ms of guest time): device stuck")]
+    StaleSnapshot { span_ms: i64 },
+    #[error("host time reads disagree by {spread} within one sample: junk from the device")]
+    Inconsistent { spread: String },
     #[error(transparent)]
     Clock(#[from] ClockError),
 }
@@ -501,42 +505,31 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
     /// smallest round trip wins.
     pub fn sample(&mut self) -> Result<TimeSample, AgentError> {
         let tries = self.config.sample_tries.max(1);
-        let mut best: Option<TimeSample> = None;
+        let mut valid: Vec<TimeSample> = Vec::with_capacity(tries as usize);
         let mut last_error = None;
-        let mut unordered = 0;
         for _ in 0..tries {
             let before = self.clock.now_ns();
             let sec = self.bar.read(Register::TimeSecLow)?;
             let after = self.clock.now_ns();
             let usec = self.bar.read(Register::TimeUsecLow)?;
-            let host = match HostTime::validate(sec, usec, self.config.not_before_sec) {
-                Ok(h) => h,
-                Err(e) => {
-                    last_error = Some(e);
-                    continue;
-                }
-            };
-            let sample = TimeSample {
-                guest_before_ns: before,
-                host,
-                guest_after_ns: after,
-            };
-            if !sample.is_ordered() {
-                unordered += 1;
-                continue;
-            }
-            if best.is_none_or(|b| sample.round_trip_ns() < b.round_trip_ns()) {
-                best = Some(sample);
+            match HostTime::validate(sec, usec, self.config.not_before_sec) {
+                Ok(host) => valid.push(TimeSample {
+                    guest_before_ns: before,
+                    host,
+                    guest_after_ns: after,
+                }),
+                Err(e) => last_error = Some(e),
             }
         }
-        match (best, last_error) {
-            (Some(s), _) => Ok(s),
-            (None, Some(last)) => Err(AgentError::BadHostTime { tries, last }),
-            (None, None) => {
-                debug!(unordered, "no ordered sample");
-                Err(AgentError::ClockUnordered)
-            }
-        }
+        valid.retain(TimeSample::is_ordered);
+        let Some(best) = valid.iter().min_by_key(|s| s.round_trip_ns()).copied() else {
+            return Err(match last_error {
+                Some(last) => AgentError::BadHostTime { tries, last },
+                None => AgentError::ClockUnordered,
+            });
+        };
+        check_consistent(&valid, &best)?;
+        Ok(best)
     }
 
     /// Step the guest clock to host time. Never steps on a sample that does
@@ -548,6 +541,12 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
         };
         let offset = sample.offset_ns();
         let bound = sample.error_bound_ns();
+        if bound > MAX_STEP_ERROR_NS {
+            return Outcome::StepRefused(format!(
+                "host time too uncertain to step to (±{}; device reads are slow)",
+                fmt_bound(bound)
+            ));
+        }
         if offset.abs() <= bound {
             return Outcome::AlreadyRight {
                 offset_ns: offset,
@@ -598,6 +597,44 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
         Ok(())
     }
 }
+
+/// Tries of one sample must tell the same story: a snapshot that never
+/// changes while the guest clock runs is a stuck device, and offsets that
+/// disagree beyond their error bounds are junk. Either way, no sample.
+fn check_consistent(valid: &[TimeSample], best: &TimeSample) -> Result<(), AgentError> {
+    let first = valid
+        .iter()
+        .map(|s| s.guest_before_ns)
+        .min()
+        .unwrap_or(best.guest_before_ns);
+    let last = valid
+        .iter()
+        .map(|s| s.guest_after_ns)
+        .max()
+        .unwrap_or(best.guest_after_ns);
+    let span = last - first;
+    if valid.len() >= 2 && span > STALE_SPAN_NS && valid.iter().all(|s| s.host == best.host) {
+        return Err(AgentError::StaleSnapshot {
+            span_ms: span / 1_000_000,
+        });
+    }
+    for s in valid {
+        let spread = (s.offset_ns() - best.offset_ns()).abs();
+        if spread > s.error_bound_ns() + best.error_bound_ns() + CONSISTENCY_SLACK_NS {
+            return Err(AgentError::Inconsistent {
+                spread: fmt_bound(spread),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Guest time over which a live host clock must have moved on.
+const STALE_SPAN_NS: i64 = 2_000_000;
+/// Allowance beyond the error bounds for rate differences within a sample.
+const CONSISTENCY_SLACK_NS: i64 = 1_000_000;
+/// A sample less certain than this is not stepped to.
+pub const MAX_STEP_ERROR_NS: i64 = 500_000_000;
 
 /// A magnitude (round trip, error bound) for people: `40.000 µs`.
 pub fn fmt_bound(ns: i64) -> String {
