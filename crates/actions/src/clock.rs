@@ -47,7 +47,10 @@ impl GuestClock for SystemClock {
 /// The kernel wants times and offsets as whole seconds plus nanoseconds in
 /// [0, 1e9): −0.3 s is (−1, 700000000).
 fn split_ns(delta_ns: i64) -> (i64, i64) {
-    (delta_ns.div_euclid(NANOS_PER_SEC), delta_ns.rem_euclid(NANOS_PER_SEC))
+    (
+        delta_ns.div_euclid(NANOS_PER_SEC),
+        delta_ns.rem_euclid(NANOS_PER_SEC),
+    )
 }
 
 impl SystemClock {

@@ -5,10 +5,10 @@
 
 pub mod artifacts;
 pub mod clock;
+pub mod guest;
 pub mod image;
 pub mod proxy;
 pub mod qemu;
-#[cfg(feature = "sim")]
 pub mod vm;
 
 /// Everything that can go wrong setting up or driving a VM.
@@ -18,9 +18,15 @@ pub enum RigError {
     Missing(String),
     Io(String, std::io::Error),
     /// `wait_console` timed out; carries the console tail.
-    Timeout { what: String, tail: String },
+    Timeout {
+        what: String,
+        tail: String,
+    },
     /// QEMU exited while we were waiting for something else.
-    Exited { what: String, tail: String },
+    Exited {
+        what: String,
+        tail: String,
+    },
 }
 
 impl std::fmt::Display for RigError {
@@ -28,9 +34,15 @@ impl std::fmt::Display for RigError {
         match self {
             RigError::Missing(s) => write!(f, "{s}"),
             RigError::Io(s, e) => write!(f, "{s}: {e}"),
-            RigError::Timeout { what, tail } => write!(f, "timed out waiting for {what}\n--- console tail ---\n{tail}\n---"),
+            RigError::Timeout { what, tail } => write!(
+                f,
+                "timed out waiting for {what}\n--- console tail ---\n{tail}\n---"
+            ),
             RigError::Exited { what, tail } => {
-                write!(f, "VM ended while waiting for {what}\n--- console tail ---\n{tail}\n---")
+                write!(
+                    f,
+                    "VM ended while waiting for {what}\n--- console tail ---\n{tail}\n---"
+                )
             }
         }
     }

@@ -1,0 +1,144 @@
+//! A guest booted for a scenario or a bench run: kernel from the cache, an
+//! initramfs with (or without) the static agent and the clock probe, an
+//! optional data disk, the VM started and booted to `RIG: ready`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use vmd_sim::VmdConfig;
+
+use crate::artifacts;
+use crate::clock;
+use crate::image::{self, ImageOptions, Kernel};
+use crate::vm::{Vm, VmOptions};
+use crate::RigError;
+
+/// What to put in the guest.
+#[derive(Clone, Debug)]
+pub struct Guest {
+    pub agent: bool,
+    /// Arguments of the supervised agent (default: the image's).
+    pub agent_args: Option<String>,
+    pub disk: bool,
+    pub vmd: VmdConfig,
+}
+
+impl Guest {
+    pub fn agent() -> Guest {
+        Guest {
+            agent: true,
+            agent_args: None,
+            disk: false,
+            vmd: VmdConfig::default(),
+        }
+    }
+    pub fn no_agent() -> Guest {
+        Guest {
+            agent: false,
+            ..Guest::agent()
+        }
+    }
+    pub fn with_disk(mut self) -> Guest {
+        self.disk = true;
+        self
+    }
+    pub fn args(mut self, a: &str) -> Guest {
+        self.agent_args = Some(a.to_string());
+        self
+    }
+}
+
+/// A booted guest.
+pub struct Booted {
+    pub vm: Vm,
+    pub disk: Option<PathBuf>,
+    /// When the guest printed `RIG: ready`, since QEMU started.
+    pub ready_at: Duration,
+    pub log: PathBuf,
+}
+
+/// Build the guest's image and boot it on the cached kernel `kernel`
+/// (`bookworm-cloud`, …); `tag` names the files in the work dir.
+pub fn boot(kernel: &str, g: &Guest, tag: &str) -> Result<Booted, RigError> {
+    artifacts::qemu()?;
+    let k = Kernel::from_cache(&artifacts::cache_dir(), kernel)?;
+    let probe = artifacts::static_bin("rig-clockprobe")?;
+    let agent = if g.agent {
+        Some(artifacts::static_bin("vmmci")?)
+    } else {
+        None
+    };
+    let work = artifacts::work_dir();
+    let name = format!("{tag}-{kernel}");
+    let initrd = work.join(format!("{name}.cpio"));
+    let mut io = ImageOptions {
+        agent,
+        clockprobe: Some(probe),
+        busybox: artifacts::busybox(),
+        ..Default::default()
+    };
+    if let Some(a) = &g.agent_args {
+        io.agent_args = a.clone();
+    }
+    image::build_initramfs(&k, &io, &initrd)?;
+    let disk = if g.disk {
+        let d = work.join(format!("{name}.ext4"));
+        image::make_data_disk(&d, 32)?;
+        Some(d)
+    } else {
+        None
+    };
+    let log = work.join(format!("{name}.log"));
+    let _ = std::fs::remove_file(&log);
+    let mut o = VmOptions::new(k.vmlinuz.clone(), initrd, log.clone());
+    o.data_disk = disk.clone();
+    o.vmd_config = g.vmd.clone();
+    let vm = Vm::start(o)?;
+    vm.wait_console("RIG: ready", Duration::from_secs(180))?;
+    let ready_at = vm.elapsed();
+    Ok(Booted {
+        vm,
+        disk,
+        ready_at,
+        log,
+    })
+}
+
+impl Booted {
+    /// Wait until the agent has set DRIVER_OK; returns when (since QEMU start).
+    pub fn driver_ok(&self, timeout: Duration) -> Result<Duration, RigError> {
+        self.vm.wait_vmd("DRIVER_OK from the agent", timeout, |v| {
+            v.device_status() & vmmci_protocol::status::DRIVER_OK != 0
+        })?;
+        Ok(self.vm.elapsed())
+    }
+
+    /// Residuals guest − host (ns) of `count` clock-probe samples, measured
+    /// independently of the agent (see `rig-clockprobe`).
+    pub fn probe(&self, count: u32) -> Result<Vec<i64>, RigError> {
+        let skip = self.vm.with_vmd(|v| v.probe_writes().len());
+        let out = self.vm.run(
+            &format!("rig-clockprobe {count} 50"),
+            Duration::from_secs(60),
+        )?;
+        if !out.contains("RIG-PROBE-DONE") {
+            return Err(RigError::Missing(format!(
+                "clock probe did not finish: {out}"
+            )));
+        }
+        Ok(self
+            .vm
+            .with_vmd(|v| clock::residuals_since(v.probe_writes(), skip)))
+    }
+
+    /// The vmd log, the rig's actions and the console tail, for failures.
+    pub fn dump(&self) -> String {
+        format!(
+            "--- vmd log ---\n{}--- host actions ---\n{:?}\n--- console tail ---\n{}\n(full log: {})",
+            self.vm.vmd_log(),
+            self.vm.actions(),
+            self.vm.console_tail(4000),
+            self.log.display()
+        )
+    }
+}
