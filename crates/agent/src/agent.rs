@@ -21,8 +21,8 @@ pub struct AgentConfig {
     /// Drift points kept in the history.
     pub history: usize,
     /// How long the init system gets to reboot or power off before the agent
-    /// syncs and forces it; well under vmd's long timeout (120 s, 30 s on
-    /// vmd before 2019... and vmd's host shutdown waits 30 s).
+    /// syncs and forces it: well under vmd's long timeout after the ACK
+    /// (120 s; 30 s before 2019), and under the 30 s `rcctl stop vmd` waits.
     pub grace: Duration,
     /// No real host clock is earlier than this (Unix seconds): the agent's
     /// build time.

@@ -67,7 +67,10 @@ fn line(at: Duration, who: &str, text: impl std::fmt::Display) {
 }
 
 pub fn run(config: &Config, args: SimulateArgs) -> Result<ExitCode, CliError> {
-    let base = ManualClock::new(vmmci_actions::SystemClock.now_ns());
+    // Virtual time starts on a whole second of today, so every run prints
+    // the same figures.
+    let now = vmmci_actions::SystemClock.now_ns();
+    let base = ManualClock::new(now - now.rem_euclid(NANOS_PER_SEC));
     let vmd = Arc::new(Mutex::new(Vmd::new(
         VmdConfig::default(),
         Box::new(base.clone()),
