@@ -651,6 +651,31 @@ fn n_acked_but_no_reset_long_timeout() {
     );
 }
 
+/// `vmctl stop -f` never involves vmmci: the VM is ended at once, the
+/// agent never sees a command.
+#[test]
+fn o_forced_stop_ends_at_once_without_vmmci() {
+    let _g = serial();
+    let b = boot(BOOKWORM_CLOUD, Guest::agent(), "force");
+    driver_ok(&b);
+    let n = n_events(&b);
+    let t0 = b.vm.elapsed();
+    b.vm.vmctl_stop_force();
+    let e = end(&b, Duration::from_secs(10));
+    assert_outcome(&b, &e, Outcome::Forced);
+    assert!(
+        e.at.saturating_sub(t0) < Duration::from_secs(2),
+        "forced stop took {:?}",
+        e.at - t0
+    );
+    let evs = events_since(&b, n);
+    assert!(
+        !evs.iter()
+            .any(|k| matches!(k, EventKind::Posted { .. } | EventKind::Ack { .. })),
+        "a forced stop must not go through vmmci: {evs:?}"
+    );
+}
+
 /// No QEMU is an error that says what to install, never a skip.
 #[test]
 fn qemu_missing_is_an_error() {
