@@ -41,7 +41,7 @@ pub enum Cmd {
     /// Show what the running agent is doing.
     Status(StatusArgs),
     /// Find the device and explain what vmmci sees (changes nothing).
-    Probe(DeviceArg),
+    Probe(ProbeArgs),
     /// Step the clock to the host's once (with --dry-run, only show the offset).
     Sync(SyncArgs),
     /// Tell vmd this guest has powered down (last step of a power-off).
@@ -78,6 +78,16 @@ pub struct DeviceArg {
     /// PCI address of the vmmci device (default: found by its ids).
     #[arg(long, value_name = "BDF")]
     pub device: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    #[command(flatten)]
+    pub device: DeviceArg,
+    /// Print nothing; exit 0 when the device is there, 1 when not (for
+    /// service conditions).
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]

@@ -34,6 +34,11 @@ pub fn run(mut config: Config, args: DaemonArgs) -> Result<ExitCode, CliError> {
 
     let _lock = single_instance(&config.run_dir)?;
     let dev = device::open(&config.sysfs_root, config.device.as_deref())?;
+    // The device is open and I/O decode on: from here the agent needs only
+    // CAP_SYS_TIME and CAP_SYS_BOOT.
+    if let Err(e) = vmmci_actions::privilege::drop_to_kept() {
+        warn!("could not drop capabilities ({e}); running with those it was given");
+    }
     info!(
         "vmmci {} on {} ({})",
         env!("CARGO_PKG_VERSION"),

@@ -11,13 +11,21 @@ use vmmci_transport::discover::{self, SYSFS_LOCKDOWN};
 use vmmci_transport::sysfs::SysfsBar;
 use vmmci_transport::RegisterIo;
 
-use crate::cli::DeviceArg;
+use crate::cli::ProbeArgs;
 use crate::config::Config;
 use crate::daemon::agent_config;
 use crate::CliError;
 
-pub fn run(config: &Config, args: DeviceArg) -> Result<ExitCode, CliError> {
-    let bdf = args.device.as_deref().or(config.device.as_deref());
+pub fn run(config: &Config, args: ProbeArgs) -> Result<ExitCode, CliError> {
+    let bdf = args.device.device.as_deref().or(config.device.as_deref());
+    if args.quiet {
+        let found = discover::find(&config.sysfs_root, bdf).is_ok();
+        return Ok(if found {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     let pci = discover::find(&config.sysfs_root, bdf)?;
     println!("device:    {} ({})", pci.bdf, pci.path.display());
     println!(

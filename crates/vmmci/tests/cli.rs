@@ -61,12 +61,22 @@ fn probe_says_clearly_when_this_is_not_a_vmd_guest() {
     let t = text(&out);
     assert!(t.contains("not an OpenBSD vmd guest"), "{t}");
     assert!(!t.contains("panicked"), "{t}");
+    let quiet = vmmci(&[
+        "--sysfs-root",
+        empty.path().to_str().unwrap(),
+        "probe",
+        "--quiet",
+    ]);
+    assert_eq!(quiet.status.code(), Some(1));
+    assert!(quiet.stdout.is_empty() && quiet.stderr.is_empty());
 }
 
 #[test]
 fn probe_explains_a_device() {
     let root = tempfile::tempdir().unwrap();
     fake_sysfs(root.path());
+    let quiet = vmmci(&["--sysfs-root", root.path().to_str().unwrap(), "probe", "-q"]);
+    assert!(quiet.status.success() && quiet.stdout.is_empty());
     let out = vmmci(&["--sysfs-root", root.path().to_str().unwrap(), "probe"]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
@@ -138,6 +148,14 @@ fn daemon_handshakes_serves_and_releases_on_sigterm() {
         text(&second)
     );
     assert_eq!(&regs[0x04..0x08], &7u32.to_ne_bytes(), "features accepted");
+    // Least privilege: as root, only CAP_SYS_TIME and CAP_SYS_BOOT are left.
+    let proc_status = fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    if unsafe { libc::geteuid() } == 0 {
+        for field in ["CapEff", "CapPrm", "CapBnd"] {
+            let line = proc_status.lines().find(|l| l.starts_with(field)).unwrap();
+            assert!(line.ends_with("0000000002400000"), "{line}");
+        }
+    }
     let status = vmmci(&["status", "--json", "--run-dir", run.to_str().unwrap()]);
     let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(json["state"], "running");
