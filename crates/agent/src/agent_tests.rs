@@ -712,3 +712,52 @@ fn slow_reads_of_100ms_still_step_with_an_honest_bound() {
         "residual {residual}"
     );
 }
+
+/// A device whose COMMAND writes fail: as if the agent were killed right
+/// after acting and before acknowledging.
+struct AckLost<B> {
+    inner: B,
+}
+
+impl<B: RegisterIo> RegisterIo for AckLost<B> {
+    fn read(&mut self, reg: Register) -> Result<u32, TransportError> {
+        self.inner.read(reg)
+    }
+    fn write(&mut self, reg: Register, value: u32) -> Result<(), TransportError> {
+        if reg == Register::Command {
+            return Err(TransportError::Gone("killed before the ACK".into()));
+        }
+        self.inner.write(reg, value)
+    }
+}
+
+#[test]
+fn killed_between_step_and_ack_the_next_agent_does_not_step_twice() {
+    let rig = Rig::new(0x7, -7 * NANOS_PER_SEC);
+    let mut first = agent_over(
+        &rig,
+        AckLost {
+            inner: SimBar::new(rig.vmd.clone()),
+        },
+    );
+    assert!(rig.vmd().request_syncrtc());
+    assert!(first.tick(Duration::ZERO).is_err(), "the ACK was lost");
+    assert_eq!(rig.clock.steps.borrow().len(), 1, "stepped before the ACK");
+    drop(first);
+    assert_eq!(
+        rig.vmd().pending_command(),
+        Command::SYNCRTC,
+        "still pending"
+    );
+    let mut second = rig.agent();
+    second.handshake().unwrap();
+    let handled = second.tick(Duration::ZERO).unwrap().handled.unwrap();
+    assert!(
+        matches!(handled.outcome, Outcome::AlreadyRight { .. }),
+        "{:?}",
+        handled.outcome
+    );
+    assert!(handled.acked);
+    assert_eq!(rig.clock.steps.borrow().len(), 1, "not stepped twice");
+    assert_eq!(rig.vmd().pending_command(), Command::NONE);
+}
