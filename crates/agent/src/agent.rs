@@ -279,6 +279,16 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
     pub fn power(&self) -> &P {
         &self.power
     }
+    pub fn power_mut(&mut self) -> &mut P {
+        &mut self.power
+    }
+
+    /// New tunables (a reloaded config). The next sample is due at once so
+    /// a new sample interval takes effect now; the history is kept.
+    pub fn reconfigure(&mut self, config: AgentConfig) {
+        self.config = config;
+        self.next_sample = Duration::ZERO;
+    }
     pub fn latched(&self) -> Option<u32> {
         self.latched
     }

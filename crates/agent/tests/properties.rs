@@ -89,19 +89,29 @@ impl Power for FakePower {
 #[derive(Clone, Debug)]
 enum Step {
     /// The agent's daemon loop: time passes, then one tick.
-    Tick { after_ms: u64 },
+    Tick {
+        after_ms: u64,
+    },
     /// Several ticks at the default 250 ms (long stretches: the grace
     /// period, the 15 s drift samples, vmd's timers).
-    Idle { ticks: u32 },
+    Idle {
+        ticks: u32,
+    },
     VmctlStop,
     RequestShutdown,
     RequestSyncrtc,
     /// Host suspend/resume or an NTP step of the host clock.
-    JumpHostClock { delta_ms: i64 },
+    JumpHostClock {
+        delta_ms: i64,
+    },
     /// Something other than the agent sets the guest clock.
-    SetGuestOffset { offset_ms: i64 },
+    SetGuestOffset {
+        offset_ms: i64,
+    },
     /// Junk in COMMAND (never a real command).
-    Junk { value: u32 },
+    Junk {
+        value: u32,
+    },
     /// The end of a guest power-off.
     NotifyPoweroff,
 }
@@ -207,7 +217,9 @@ fn run(features: u32, fail_begin: bool, steps: &[Step]) -> Result<(), TestCaseEr
         w.power.clone(),
         config,
     );
-    agent.handshake().map_err(|e| TestCaseError::fail(e.to_string()))?;
+    agent
+        .handshake()
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
     let mut now = Duration::ZERO;
 
     let mut tick = |agent: &mut Agent<SimBar, FakeClock, FakePower>,
@@ -318,7 +330,12 @@ fn check(w: &World) -> Result<(), TestCaseError> {
             _ => None,
         })
         .collect();
-    prop_assert!(begins.len() <= 1, "begin called {} times: {:?}", begins.len(), calls);
+    prop_assert!(
+        begins.len() <= 1,
+        "begin called {} times: {:?}",
+        begins.len(),
+        calls
+    );
     for a in &begins {
         let cmd = match a {
             PowerAction::Reboot => Command::Reboot,
@@ -332,7 +349,10 @@ fn check(w: &World) -> Result<(), TestCaseError> {
         .count();
     prop_assert!(forces <= 1, "forced {forces} times: {calls:?}");
     if !w.clock.steps.borrow().is_empty() {
-        prop_assert!(posted(&vmd, Command::SyncRtc), "clock stepped with no SYNCRTC");
+        prop_assert!(
+            posted(&vmd, Command::SyncRtc),
+            "clock stepped with no SYNCRTC"
+        );
     }
     if vmd.ended() == Some(VmEnd::AckTimeout) && vmd.guest_features() & 0x2 != 0 {
         prop_assert!(

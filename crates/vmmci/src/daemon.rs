@@ -19,18 +19,28 @@ use crate::{device, CliError};
 
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
-pub fn run(mut config: Config, args: DaemonArgs) -> Result<ExitCode, CliError> {
-    // Flags override the file.
-    if let Some(d) = args.device.device {
-        config.device = Some(d);
+/// Flags override the file.
+fn apply_flags(mut config: Config, args: &DaemonArgs) -> Result<Config, CliError> {
+    if let Some(d) = &args.device.device {
+        config.device = Some(d.clone());
     }
     config.poll_interval = args.poll_interval.unwrap_or(config.poll_interval);
     config.sample_interval = args.sample_interval.unwrap_or(config.sample_interval);
     config.grace = args.grace.unwrap_or(config.grace);
-    if let Some(dir) = args.run_dir {
-        config.run_dir = dir;
+    if let Some(dir) = &args.run_dir {
+        config.run_dir = dir.clone();
     }
     config.validate()?;
+    Ok(config)
+}
+
+pub fn run(
+    config: Config,
+    args: DaemonArgs,
+    config_path: &Path,
+    named: bool,
+) -> Result<ExitCode, CliError> {
+    let config = apply_flags(config, &args)?;
 
     let _lock = single_instance(&config.run_dir)?;
     let dev = device::open(&config.sysfs_root, config.device.as_deref())?;
@@ -68,11 +78,59 @@ pub fn run(mut config: Config, args: DaemonArgs) -> Result<ExitCode, CliError> {
         failing: false,
     };
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
+    let hup = Arc::new(AtomicBool::new(false));
+    for (sig, flag) in [
+        (signal_hook::consts::SIGTERM, &stop),
+        (signal_hook::consts::SIGINT, &stop),
+        (signal_hook::consts::SIGHUP, &hup),
+    ] {
+        signal_hook::flag::register(sig, Arc::clone(flag))
             .map_err(|e| CliError::Failed(format!("cannot install signal handler: {e}")))?;
     }
-    serve(agent, reporter, &stop)
+    let sysfs_root = config.sysfs_root.clone();
+    let reload = |agent: &mut Agent<_, _, InitPower>| {
+        // A bad new config keeps the old one: the agent must keep serving.
+        let loaded = Config::load(config_path, named)
+            .map_err(CliError::from)
+            .and_then(|c| {
+                apply_flags(
+                    Config {
+                        sysfs_root: sysfs_root.clone(),
+                        ..c
+                    },
+                    &args,
+                )
+            });
+        match loaded {
+            Ok(new) => {
+                agent.reconfigure(agent_config(&new));
+                *agent.power_mut() = InitPower {
+                    reboot: new.power.reboot.clone(),
+                    poweroff: new.power.poweroff.clone(),
+                };
+                info!(
+                    "SIGHUP: configuration reloaded from {} (device and run_dir need a restart)",
+                    config_path.display()
+                );
+            }
+            Err(e) => warn!("SIGHUP: {e}; keeping the old configuration"),
+        }
+    };
+    serve(
+        agent,
+        reporter,
+        Signals {
+            stop: &stop,
+            hup: &hup,
+        },
+        reload,
+    )
+}
+
+/// What the loop listens to: stop (SIGTERM, SIGINT) and reload (SIGHUP).
+struct Signals<'a> {
+    stop: &'a AtomicBool,
+    hup: &'a AtomicBool,
 }
 
 /// Hold `run_dir/lock` for the life of the daemon: two agents polling one
@@ -161,8 +219,10 @@ impl Reporter {
 fn serve<B: RegisterIo, C: GuestClock, P: Power>(
     mut agent: Agent<B, C, P>,
     mut reporter: Reporter,
-    stop: &AtomicBool,
+    signals: Signals,
+    mut reload: impl FnMut(&mut Agent<B, C, P>),
 ) -> Result<ExitCode, CliError> {
+    let stop = signals.stop;
     agent.handshake()?;
     reporter.write(&agent);
     notify_systemd("READY=1\nSTATUS=DRIVER_OK, polling");
@@ -171,6 +231,10 @@ fn serve<B: RegisterIo, C: GuestClock, P: Power>(
     let mut last_error: Option<String> = None;
     let mut last_report = Duration::ZERO;
     while !stop.load(Ordering::Relaxed) {
+        if signals.hup.swap(false, Ordering::Relaxed) {
+            reload(&mut agent);
+            reporter.write(&agent);
+        }
         let now = start.elapsed();
         let report_due = now.saturating_sub(last_report) >= agent.config().sample_interval;
         // After a failure the device may be a new one (unplugged and back,
@@ -207,8 +271,8 @@ fn serve<B: RegisterIo, C: GuestClock, P: Power>(
             }
         }
         let deadline = agent.next_deadline(now);
-        // Sleep in short slices so a stop signal is seen promptly.
-        while !stop.load(Ordering::Relaxed) {
+        // Sleep in short slices so a signal is seen promptly.
+        while !stop.load(Ordering::Relaxed) && !signals.hup.load(Ordering::Relaxed) {
             let left = deadline.saturating_sub(start.elapsed());
             if left.is_zero() {
                 break;
@@ -312,9 +376,27 @@ mod tests {
             failing: false,
         };
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let daemon =
-            std::thread::spawn(move || serve(agent, reporter, &flag).map_err(|e| e.to_string()));
+        let hup = Arc::new(AtomicBool::new(false));
+        let (flag, hup_flag) = (stop.clone(), hup.clone());
+        let daemon = std::thread::spawn(move || {
+            let reload = |a: &mut Agent<SimBar, ReadOnlyClock, Recorder>| {
+                let c = Config {
+                    poll_interval: Duration::from_millis(30),
+                    ..Config::default()
+                };
+                a.reconfigure(agent_config(&c));
+            };
+            serve(
+                agent,
+                reporter,
+                Signals {
+                    stop: &flag,
+                    hup: &hup_flag,
+                },
+                reload,
+            )
+            .map_err(|e| e.to_string())
+        });
 
         let wait = |what: &str, cond: &dyn Fn() -> bool| {
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -348,6 +430,11 @@ mod tests {
         assert_eq!(s.state, "rebooting");
         assert!(s.drift_ns.is_some(), "drift sampled at start");
         assert_eq!(s.latched_command, Some(Command::REBOOT));
+
+        hup.store(true, Ordering::Relaxed);
+        wait("the reload", &|| {
+            read_status(dir.path()).is_ok_and(|s| s.poll_interval_ms == 30)
+        });
 
         stop.store(true, Ordering::Relaxed);
         assert!(daemon.join().unwrap().is_ok());
@@ -388,8 +475,19 @@ mod tests {
         };
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let daemon =
-            std::thread::spawn(move || serve(agent, reporter, &flag).map_err(|e| e.to_string()));
+        let daemon = std::thread::spawn(move || {
+            let never = AtomicBool::new(false);
+            serve(
+                agent,
+                reporter,
+                Signals {
+                    stop: &flag,
+                    hup: &never,
+                },
+                |_| {},
+            )
+            .map_err(|e| e.to_string())
+        });
         let deadline = Instant::now() + Duration::from_secs(10);
         while vmd.lock().unwrap().status_writes().len() < 4 {
             assert!(Instant::now() < deadline);

@@ -55,7 +55,7 @@ fn main() -> ExitCode {
     let quiet = matches!(cli.command, Cmd::Simulate(_)) && !cli.debug;
     init_logging(cli.debug || config.debug, quiet);
     let result = match cli.command {
-        Cmd::Daemon(args) => daemon::run(config, args),
+        Cmd::Daemon(args) => daemon::run(config, args, &cli.config, named),
         Cmd::Status(args) => status::run(&config, args),
         Cmd::Probe(args) => probe::run(&config, args),
         Cmd::Sync(args) => oneshot::sync(&config, args),

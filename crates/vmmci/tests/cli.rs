@@ -245,3 +245,61 @@ fn simulate_runs_the_script_and_touches_nothing() {
         assert!(t.contains(needle), "missing {needle:?} in\n{t}");
     }
 }
+
+#[test]
+fn sighup_reloads_the_config_and_a_bad_one_keeps_the_old() {
+    let root = tempfile::tempdir().unwrap();
+    fake_sysfs(root.path());
+    let run = root.path().join("run");
+    let cfg = root.path().join("vmmci.toml");
+    fs::write(&cfg, "poll_interval = \"20ms\"\n").unwrap();
+    let child = Command::new(BIN)
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "--sysfs-root",
+            root.path().to_str().unwrap(),
+        ])
+        .args(["daemon", "--run-dir", run.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let poll_ms = || {
+        let out = vmmci(&["status", "--json", "--run-dir", run.to_str().unwrap()]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|j| j["poll_interval_ms"].as_u64())
+    };
+    let wait_for = |want: u64| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while poll_ms() != Some(want) {
+            assert!(
+                Instant::now() < deadline,
+                "poll interval never became {want} ms"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for(20);
+    fs::write(&cfg, "poll_interval = \"40ms\"\n").unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    wait_for(40);
+    fs::write(&cfg, "poll_interval = \"soon\"\n").unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        poll_ms(),
+        Some(40),
+        "a bad config must not replace the good one"
+    );
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("configuration reloaded"), "{log}");
+    assert!(
+        log.contains("keeping the old configuration") && log.contains("line 1"),
+        "{log}"
+    );
+}
