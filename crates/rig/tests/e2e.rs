@@ -676,6 +676,57 @@ fn o_forced_stop_ends_at_once_without_vmmci() {
     );
 }
 
+/// The device vanishes from the guest's PCI bus (hot-remove) and comes
+/// back (rescan): the agent logs it, reopens `resource0`, redoes the
+/// handshake, and the next `vmctl stop` is handled.
+#[test]
+fn p_device_removed_and_rescanned_agent_recovers() {
+    let _g = serial();
+    let b = boot(BOOKWORM_CLOUD, Guest::agent(), "hotplug");
+    driver_ok(&b);
+    let bdf = must(
+        b.vm.run(
+            "basename $(dirname $(grep -l 0x0777 /sys/bus/pci/devices/*/device))",
+            Duration::from_secs(20),
+        ),
+        "find the device",
+    );
+    let bdf = bdf.trim().to_string();
+    assert!(bdf.starts_with("0000:"), "device not found: {bdf}");
+    let writes_before = b.vm.with_vmd(|v| v.status_writes().len());
+    let from = b.vm.console_len();
+    must(
+        b.vm.run(
+            &format!("echo 1 > /sys/bus/pci/devices/{bdf}/remove"),
+            Duration::from_secs(20),
+        ),
+        "remove",
+    );
+    // The agent's next poll fails and it says so, once; then the device
+    // comes back.
+    must(
+        b.vm.wait_console_from(from, "ERROR", Duration::from_secs(20)),
+        "agent noticing the removal",
+    );
+    must(
+        b.vm.run("echo 1 > /sys/bus/pci/rescan", Duration::from_secs(20)),
+        "rescan",
+    );
+    must(
+        b.vm.wait_console_from(from, "device answers again", Duration::from_secs(20)),
+        "agent recovery",
+    );
+    let writes_after = b.vm.with_vmd(|v| v.status_writes().len());
+    assert!(
+        writes_after >= writes_before + 4,
+        "no second handshake: {writes_before} -> {writes_after}\n{}",
+        dump(&b)
+    );
+    b.vm.vmctl_stop().expect("stop accepted after recovery");
+    let e = end(&b, Duration::from_secs(60));
+    assert_outcome(&b, &e, Outcome::CleanStop);
+}
+
 /// No QEMU is an error that says what to install, never a skip.
 #[test]
 fn qemu_missing_is_an_error() {

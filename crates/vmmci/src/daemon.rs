@@ -506,6 +506,63 @@ mod tests {
         assert!(daemon.join().unwrap().is_ok());
     }
 
+    /// A run directory that cannot be written costs the status file, not
+    /// the service: a stop is still acknowledged and acted on.
+    #[test]
+    fn an_unwritable_run_dir_does_not_stop_the_service() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocked = dir.path().join("file");
+        std::fs::write(&blocked, "not a directory").unwrap();
+        let vmd = Arc::new(Mutex::new(Vmd::new(
+            VmdConfig::default(),
+            Box::new(vmd_sim::SystemClock),
+        )));
+        let power = Recorder::default();
+        let config = Config {
+            poll_interval: Duration::from_millis(10),
+            ..Config::default()
+        };
+        let agent = Agent::new(
+            SimBar::new(vmd.clone()),
+            ReadOnlyClock,
+            power.clone(),
+            agent_config(&config),
+        );
+        let reporter = Reporter {
+            run_dir: blocked.join("vmmci"),
+            info: ProcessInfo::default(),
+            failing: false,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let daemon = std::thread::spawn(move || {
+            let never = AtomicBool::new(false);
+            serve(
+                agent,
+                reporter,
+                Signals {
+                    stop: &flag,
+                    hup: &never,
+                },
+                |_| {},
+            )
+            .map_err(|e| e.to_string())
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while vmd.lock().unwrap().device_status() & status::DRIVER_OK == 0 {
+            assert!(Instant::now() < deadline, "no handshake");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        vmd.lock().unwrap().vmctl_stop().unwrap();
+        while power.0.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "stop not handled");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(daemon.join().unwrap().is_ok());
+        assert_eq!(*power.0.lock().unwrap(), vec![PowerAction::Reboot]);
+    }
+
     #[test]
     fn readiness_reaches_the_notify_socket() {
         let dir = tempfile::tempdir().unwrap();
