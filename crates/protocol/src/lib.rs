@@ -14,7 +14,10 @@ mod time;
 
 pub use command::{Command, UnknownCommand};
 pub use register::{Register, Width};
-pub use time::{Drift, HostTime, HostTimeError, TimeSample, HOST_RESOLUTION_NS, NANOS_PER_SEC};
+pub use time::{
+    Drift, HostTime, HostTimeError, TimeSample, HOST_RESOLUTION_NS, MAX_AHEAD_OF_BUILD_SECS,
+    NANOS_PER_SEC,
+};
 
 /// PCI identity of the vmmci device (vmd's `pci.c`/`virtio.c`).
 pub mod pci {

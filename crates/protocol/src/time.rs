@@ -26,7 +26,13 @@ pub enum HostTimeError {
     UsecOutOfRange(u32),
     /// Earlier than this binary was built: no real host clock says that.
     BeforeBuild { sec: u32, not_before: u32 },
+    /// More than [`MAX_AHEAD_OF_BUILD_SECS`] after the build: junk, not a
+    /// host clock (vmd's 32-bit seconds would reach 2106).
+    FarFuture { sec: u32, not_after: u32 },
 }
+
+/// How far past the agent's build a host time may be before it is junk.
+pub const MAX_AHEAD_OF_BUILD_SECS: u32 = 30 * 365 * 86_400;
 
 impl std::fmt::Display for HostTimeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -42,6 +48,10 @@ impl std::fmt::Display for HostTimeError {
                 f,
                 "host time {sec} s is before this agent was built ({not_before} s)"
             ),
+            HostTimeError::FarFuture { sec, not_after } => write!(
+                f,
+                "host time {sec} s is more than 30 years after this agent was built (> {not_after} s)"
+            ),
         }
     }
 }
@@ -50,7 +60,8 @@ impl std::error::Error for HostTimeError {}
 
 impl HostTime {
     /// Check the raw register pair. `not_before` is a Unix time no real host
-    /// clock can be earlier than (the agent passes its build time).
+    /// clock can be earlier than (the agent passes its build time); nor can
+    /// it be more than [`MAX_AHEAD_OF_BUILD_SECS`] later.
     pub fn validate(sec: u32, usec: u32, not_before: u32) -> Result<HostTime, HostTimeError> {
         if sec == 0 {
             return Err(HostTimeError::Zero);
@@ -60,6 +71,10 @@ impl HostTime {
         }
         if sec < not_before {
             return Err(HostTimeError::BeforeBuild { sec, not_before });
+        }
+        let not_after = not_before.saturating_add(MAX_AHEAD_OF_BUILD_SECS);
+        if sec > not_after {
+            return Err(HostTimeError::FarFuture { sec, not_after });
         }
         Ok(HostTime { sec, usec })
     }
@@ -114,12 +129,17 @@ impl TimeSample {
     /// Bound on |true offset − [`offset_ns`]|: half the bracket plus half the
     /// host's microsecond.
     pub fn error_bound_ns(&self) -> i64 {
-        (self.round_trip_ns() + 1) / 2 + HOST_RESOLUTION_NS / 2
+        rtt_half_up(self.round_trip_ns()) + HOST_RESOLUTION_NS / 2
     }
 
     pub fn drift(&self) -> Drift {
         Drift(self.offset_ns())
     }
+}
+
+/// Half of a non-negative round trip, rounded up, without overflow.
+const fn rtt_half_up(rtt: i64) -> i64 {
+    rtt / 2 + rtt % 2
 }
 
 /// A signed clock offset (host − guest) in nanoseconds, with the split the
@@ -158,6 +178,11 @@ mod tests {
                 not_before: BUILD
             })
         );
+        assert!(matches!(
+            HostTime::validate(BUILD + MAX_AHEAD_OF_BUILD_SECS + 1, 0, BUILD),
+            Err(HostTimeError::FarFuture { .. })
+        ));
+        assert!(HostTime::validate(BUILD + MAX_AHEAD_OF_BUILD_SECS, 0, BUILD).is_ok());
         let t = HostTime::validate(BUILD + 10, 999_999, BUILD).unwrap();
         assert_eq!(
             t.as_nanos(),
