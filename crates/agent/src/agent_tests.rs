@@ -1,8 +1,6 @@
 //! The agent against the vmd simulator, with a fake guest clock and a
 //! recording power switch: every command, the quirks, and bad input.
 
-use std::cell::{Cell, RefCell};
-use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,82 +9,16 @@ use vmmci_protocol::{status, Command, Features, Register, NANOS_PER_SEC};
 use vmmci_transport::{RegisterIo, TransportError};
 
 use super::*;
-use crate::world::{ClockError, GuestClock, Power, PowerAction, PowerError};
+use crate::fakes::{FakeGuestClock, PowerCall, RecordingPower};
+use crate::world::{GuestClock, PowerAction};
 
 const HOST_START_NS: i64 = 1_900_000_000 * NANOS_PER_SEC;
-
-/// The guest's clock: the host's realtime plus an offset the agent steps.
-#[derive(Clone)]
-struct FakeClock {
-    host: ManualClock,
-    offset_ns: Rc<Cell<i64>>,
-    steps: Rc<RefCell<Vec<i64>>>,
-    refuse: Rc<Cell<bool>>,
-}
-
-impl FakeClock {
-    fn new(host: &ManualClock, offset_ns: i64) -> Self {
-        FakeClock {
-            host: host.clone(),
-            offset_ns: Rc::new(Cell::new(offset_ns)),
-            steps: Rc::default(),
-            refuse: Rc::default(),
-        }
-    }
-}
-
-impl GuestClock for FakeClock {
-    fn now_ns(&self) -> i64 {
-        vmd_sim::HostClock::realtime_ns(&self.host) + self.offset_ns.get()
-    }
-    fn step(&mut self, delta_ns: i64) -> Result<(), ClockError> {
-        if self.refuse.get() {
-            return Err(ClockError::NotPermitted("EPERM".into()));
-        }
-        self.offset_ns.set(self.offset_ns.get() + delta_ns);
-        self.steps.borrow_mut().push(delta_ns);
-        Ok(())
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum PowerCall {
-    Begin(PowerAction),
-    Sync,
-    Force(PowerAction),
-}
-
-#[derive(Clone, Default)]
-struct FakePower {
-    calls: Rc<RefCell<Vec<PowerCall>>>,
-    fail_begin: bool,
-}
-
-impl Power for FakePower {
-    fn begin(&mut self, action: PowerAction) -> Result<(), PowerError> {
-        self.calls.borrow_mut().push(PowerCall::Begin(action));
-        if self.fail_begin {
-            return Err(PowerError {
-                action,
-                reason: "no such file".into(),
-            });
-        }
-        Ok(())
-    }
-    fn sync_disks(&mut self) {
-        self.calls.borrow_mut().push(PowerCall::Sync);
-    }
-    fn force(&mut self, action: PowerAction) -> Result<(), PowerError> {
-        self.calls.borrow_mut().push(PowerCall::Force(action));
-        Ok(())
-    }
-}
 
 struct Rig {
     host: ManualClock,
     vmd: Arc<Mutex<Vmd>>,
-    clock: FakeClock,
-    power: FakePower,
+    clock: FakeGuestClock,
+    power: RecordingPower,
 }
 
 impl Rig {
@@ -97,16 +29,19 @@ impl Rig {
             ..VmdConfig::default()
         };
         let vmd = Arc::new(Mutex::new(Vmd::new(config, Box::new(host.clone()))));
-        let clock = FakeClock::new(&host, guest_offset_ns);
+        let clock = {
+            let h = host.clone();
+            FakeGuestClock::new(move || vmd_sim::HostClock::realtime_ns(&h), guest_offset_ns)
+        };
         Rig {
             host,
             vmd,
             clock,
-            power: FakePower::default(),
+            power: RecordingPower::default(),
         }
     }
 
-    fn agent(&self) -> Agent<SimBar, FakeClock, FakePower> {
+    fn agent(&self) -> Agent<SimBar, FakeGuestClock, RecordingPower> {
         let config = AgentConfig {
             not_before_sec: 1_800_000_000,
             ..AgentConfig::default()
@@ -130,7 +65,7 @@ impl Rig {
     }
 
     fn calls(&self) -> Vec<PowerCall> {
-        self.power.calls.borrow().clone()
+        self.power.calls()
     }
 
     fn assert_no_violations(&self) {
@@ -143,7 +78,10 @@ impl Rig {
     }
 }
 
-fn started(features: u32, guest_offset_ns: i64) -> (Rig, Agent<SimBar, FakeClock, FakePower>) {
+fn started(
+    features: u32,
+    guest_offset_ns: i64,
+) -> (Rig, Agent<SimBar, FakeGuestClock, RecordingPower>) {
     let rig = Rig::new(features, guest_offset_ns);
     let mut agent = rig.agent();
     agent.handshake().unwrap();
@@ -320,7 +258,7 @@ fn syncrtc_steps_the_clock_to_host_time_then_acks() {
         Command::NONE,
         "ACK cleared SYNCRTC"
     );
-    assert_eq!(rig.clock.steps.borrow().len(), 1);
+    assert_eq!(rig.clock.steps().len(), 1);
     rig.assert_no_violations();
 }
 
@@ -339,7 +277,7 @@ fn syncrtc_steps_backwards_too() {
 fn a_second_syncrtc_after_the_first_is_handled_again() {
     let (rig, mut agent) = started(0x7, 0);
     for round in 0..2 {
-        rig.clock.offset_ns.set(-5 * NANOS_PER_SEC);
+        rig.clock.set_offset_ns(-5 * NANOS_PER_SEC);
         assert!(rig.vmd().request_syncrtc(), "round {round}");
         let handled = agent.tick(Duration::ZERO).unwrap().handled;
         assert!(
@@ -359,13 +297,13 @@ fn syncrtc_with_clock_already_right_does_not_step() {
         "{:?}",
         handled.outcome
     );
-    assert!(rig.clock.steps.borrow().is_empty());
+    assert!(rig.clock.steps().is_empty());
 }
 
 #[test]
 fn syncrtc_when_the_clock_cannot_be_set_acks_and_says_why() {
     let (rig, mut agent) = started(0x7, -3 * NANOS_PER_SEC);
-    rig.clock.refuse.set(true);
+    rig.clock.refuse_steps(true);
     assert!(rig.vmd().request_syncrtc());
     let handled = agent.tick(Duration::ZERO).unwrap().handled.unwrap();
     assert!(handled.acked);
@@ -437,7 +375,7 @@ fn syncrtc_never_steps_to_nonsense() {
         };
         assert!(text.contains(why), "{text}");
         assert!(handled.acked, "acknowledged all the same");
-        assert!(rig.clock.steps.borrow().is_empty(), "{why}: clock changed");
+        assert!(rig.clock.steps().is_empty(), "{why}: clock changed");
         assert_eq!(rig.vmd().pending_command(), Command::NONE);
     }
 }
@@ -458,7 +396,7 @@ fn unknown_commands_are_logged_once_and_never_acted_on() {
         assert_eq!(rig.vmd().pending_command(), junk, "not acknowledged");
     }
     assert!(rig.calls().is_empty());
-    assert!(rig.clock.steps.borrow().is_empty());
+    assert!(rig.clock.steps().is_empty());
     // The next real stop still works.
     rig.vmd().vmctl_stop().unwrap();
     let handled = agent.tick(Duration::ZERO).unwrap().handled.unwrap();
@@ -478,10 +416,7 @@ fn all_ones_command_is_not_a_command() {
 #[test]
 fn init_that_cannot_be_asked_is_forced_at_once() {
     let rig = Rig {
-        power: FakePower {
-            fail_begin: true,
-            ..FakePower::default()
-        },
+        power: RecordingPower::failing(),
         ..Rig::new(0x7, 0)
     };
     let mut agent = rig.agent();
@@ -553,7 +488,7 @@ fn drift_is_sampled_on_schedule_with_sign_host_minus_guest() {
         .unwrap()
         .sampled
         .is_none());
-    rig.clock.offset_ns.set(NANOS_PER_SEC / 2);
+    rig.clock.set_offset_ns(NANOS_PER_SEC / 2);
     let second = agent
         .tick(Duration::from_secs(15))
         .unwrap()
@@ -628,11 +563,11 @@ fn syncrtc_without_ack_feature_is_handled_once() {
     for _ in 0..3 {
         assert!(agent.tick(Duration::ZERO).unwrap().handled.is_none());
     }
-    assert_eq!(rig.clock.steps.borrow().len(), 1, "stepped once");
+    assert_eq!(rig.clock.steps().len(), 1, "stepped once");
     assert_eq!(rig.vmd().pending_command(), Command::SYNCRTC);
 }
 
-fn agent_over<B: RegisterIo>(rig: &Rig, bar: B) -> Agent<B, FakeClock, FakePower> {
+fn agent_over<B: RegisterIo>(rig: &Rig, bar: B) -> Agent<B, FakeGuestClock, RecordingPower> {
     let config = AgentConfig {
         not_before_sec: 1_800_000_000,
         ..AgentConfig::default()
@@ -655,7 +590,7 @@ fn a_snapshot_that_never_refreshes_is_refused() {
         panic!("{:?}", handled.outcome)
     };
     assert!(why.contains("does not refresh"), "{why}");
-    assert!(rig.clock.steps.borrow().is_empty());
+    assert!(rig.clock.steps().is_empty());
 }
 
 #[test]
@@ -672,7 +607,7 @@ fn tries_that_disagree_are_junk_and_not_stepped_to() {
         panic!("{:?}", handled.outcome)
     };
     assert!(why.contains("disagree"), "{why}");
-    assert!(rig.clock.steps.borrow().is_empty());
+    assert!(rig.clock.steps().is_empty());
     assert!(handled.acked, "acknowledged all the same");
 }
 
@@ -742,7 +677,7 @@ fn killed_between_step_and_ack_the_next_agent_does_not_step_twice() {
     );
     assert!(rig.vmd().request_syncrtc());
     assert!(first.tick(Duration::ZERO).is_err(), "the ACK was lost");
-    assert_eq!(rig.clock.steps.borrow().len(), 1, "stepped before the ACK");
+    assert_eq!(rig.clock.steps().len(), 1, "stepped before the ACK");
     drop(first);
     assert_eq!(
         rig.vmd().pending_command(),
@@ -758,6 +693,6 @@ fn killed_between_step_and_ack_the_next_agent_does_not_step_twice() {
         handled.outcome
     );
     assert!(handled.acked);
-    assert_eq!(rig.clock.steps.borrow().len(), 1, "not stepped twice");
+    assert_eq!(rig.clock.steps().len(), 1, "not stepped twice");
     assert_eq!(rig.vmd().pending_command(), Command::NONE);
 }

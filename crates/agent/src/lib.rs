@@ -8,6 +8,7 @@
 
 mod agent;
 mod drift;
+pub mod fakes;
 mod world;
 
 pub use agent::{

@@ -18,72 +18,16 @@
 //!   lost and the ACK timer keeps running);
 //! - `tick` fails only once the VM has ended.
 
-use std::cell::{Cell, RefCell};
-use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proptest::prelude::*;
 use vmd_sim::{EventKind, HostClock, ManualClock, SimBar, VmEnd, Vmd, VmdConfig};
-use vmmci_agent::{
-    Agent, AgentConfig, ClockError, GuestClock, Outcome, Power, PowerAction, PowerError,
-};
+use vmmci_agent::fakes::{FakeGuestClock, PowerCall, RecordingPower};
+use vmmci_agent::{Agent, AgentConfig, GuestClock, Outcome, PowerAction};
 use vmmci_protocol::{Command, NANOS_PER_SEC};
 
 const HOST_START_NS: i64 = 1_900_000_000 * NANOS_PER_SEC;
-
-/// The guest's clock: the host's realtime plus an offset that the agent
-/// steps and the test may set.
-#[derive(Clone)]
-struct FakeClock {
-    host: ManualClock,
-    offset_ns: Rc<Cell<i64>>,
-    steps: Rc<RefCell<Vec<i64>>>,
-}
-
-impl GuestClock for FakeClock {
-    fn now_ns(&self) -> i64 {
-        self.host.realtime_ns() + self.offset_ns.get()
-    }
-    fn step(&mut self, delta_ns: i64) -> Result<(), ClockError> {
-        self.offset_ns.set(self.offset_ns.get() + delta_ns);
-        self.steps.borrow_mut().push(delta_ns);
-        Ok(())
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum PowerCall {
-    Begin(PowerAction),
-    Sync,
-    Force(PowerAction),
-}
-
-#[derive(Clone, Default)]
-struct FakePower {
-    calls: Rc<RefCell<Vec<PowerCall>>>,
-    fail_begin: bool,
-}
-
-impl Power for FakePower {
-    fn begin(&mut self, action: PowerAction) -> Result<(), PowerError> {
-        self.calls.borrow_mut().push(PowerCall::Begin(action));
-        if self.fail_begin {
-            return Err(PowerError {
-                action,
-                reason: "test: no init".into(),
-            });
-        }
-        Ok(())
-    }
-    fn sync_disks(&mut self) {
-        self.calls.borrow_mut().push(PowerCall::Sync);
-    }
-    fn force(&mut self, action: PowerAction) -> Result<(), PowerError> {
-        self.calls.borrow_mut().push(PowerCall::Force(action));
-        Ok(())
-    }
-}
 
 /// One thing that happens, on the host or in the guest.
 #[derive(Clone, Debug)]
@@ -142,8 +86,8 @@ fn step() -> impl Strategy<Value = Step> {
 struct World {
     host: ManualClock,
     vmd: Arc<Mutex<Vmd>>,
-    clock: FakeClock,
-    power: FakePower,
+    clock: FakeGuestClock,
+    power: RecordingPower,
 }
 
 impl World {
@@ -195,14 +139,14 @@ fn run(features: u32, fail_begin: bool, steps: &[Step]) -> Result<(), TestCaseEr
         Box::new(host.clone()),
     )));
     let w = World {
-        clock: FakeClock {
-            host: host.clone(),
-            offset_ns: Rc::default(),
-            steps: Rc::default(),
+        clock: {
+            let h = host.clone();
+            FakeGuestClock::new(move || h.realtime_ns(), 0)
         },
-        power: FakePower {
-            fail_begin,
-            ..FakePower::default()
+        power: if fail_begin {
+            RecordingPower::failing()
+        } else {
+            RecordingPower::default()
         },
         host,
         vmd,
@@ -222,14 +166,14 @@ fn run(features: u32, fail_begin: bool, steps: &[Step]) -> Result<(), TestCaseEr
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
     let mut now = Duration::ZERO;
 
-    let mut tick = |agent: &mut Agent<SimBar, FakeClock, FakePower>,
+    let mut tick = |agent: &mut Agent<SimBar, FakeGuestClock, RecordingPower>,
                     after: Duration|
      -> Result<(), TestCaseError> {
         w.host.advance(after);
         now += after;
-        let steps_before = w.clock.steps.borrow().len();
+        let steps_before = w.clock.steps().len();
         let result = agent.tick(now);
-        let steps = w.clock.steps.borrow().clone();
+        let steps = w.clock.steps();
         match result {
             Err(e) => {
                 prop_assert!(
@@ -292,7 +236,7 @@ fn run(features: u32, fail_begin: bool, steps: &[Step]) -> Result<(), TestCaseEr
             Step::JumpHostClock { delta_ms } => {
                 w.vmd().jump_host_clock(delta_ms * 1_000_000);
             }
-            Step::SetGuestOffset { offset_ms } => w.clock.offset_ns.set(offset_ms * 1_000_000),
+            Step::SetGuestOffset { offset_ms } => w.clock.set_offset_ns(offset_ms * 1_000_000),
             Step::Junk { value } => w.vmd().set_command_raw(value),
             Step::NotifyPoweroff => {
                 let r = agent.notify_poweroff();
@@ -322,7 +266,7 @@ fn check(w: &World) -> Result<(), TestCaseError> {
             e
         );
     }
-    let calls = w.power.calls.borrow();
+    let calls = w.power.calls();
     let begins: Vec<_> = calls
         .iter()
         .filter_map(|c| match c {
@@ -348,7 +292,7 @@ fn check(w: &World) -> Result<(), TestCaseError> {
         .filter(|c| matches!(c, PowerCall::Force(_)))
         .count();
     prop_assert!(forces <= 1, "forced {forces} times: {calls:?}");
-    if !w.clock.steps.borrow().is_empty() {
+    if !w.clock.steps().is_empty() {
         prop_assert!(
             posted(&vmd, Command::SyncRtc),
             "clock stepped with no SYNCRTC"

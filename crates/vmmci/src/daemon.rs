@@ -318,32 +318,15 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
     use vmd_sim::{SimBar, Vmd, VmdConfig};
-    use vmmci_agent::{ClockError, PowerAction, PowerError};
+    use vmmci_agent::fakes::{FakeGuestClock, PowerCall, RecordingPower};
+    use vmmci_agent::PowerAction;
     use vmmci_protocol::{status, Command};
 
     /// The guest clock: this machine's, read only (a test never steps it).
-    struct ReadOnlyClock;
-    impl GuestClock for ReadOnlyClock {
-        fn now_ns(&self) -> i64 {
-            SystemClock.now_ns()
-        }
-        fn step(&mut self, _: i64) -> Result<(), ClockError> {
-            Err(ClockError::NotPermitted("test clock".into()))
-        }
-    }
-
-    #[derive(Clone, Default)]
-    struct Recorder(Arc<Mutex<Vec<PowerAction>>>);
-    impl Power for Recorder {
-        fn begin(&mut self, a: PowerAction) -> Result<(), PowerError> {
-            self.0.lock().unwrap().push(a);
-            Ok(())
-        }
-        fn sync_disks(&mut self) {}
-        fn force(&mut self, a: PowerAction) -> Result<(), PowerError> {
-            self.0.lock().unwrap().push(a);
-            Ok(())
-        }
+    fn read_only_clock() -> FakeGuestClock {
+        let clock = FakeGuestClock::new(|| SystemClock.now_ns(), 0);
+        clock.refuse_steps(true);
+        clock
     }
 
     /// The real loop, on real time, against the simulator: a stop is
@@ -356,14 +339,14 @@ mod tests {
             VmdConfig::default(),
             Box::new(vmd_sim::SystemClock),
         )));
-        let power = Recorder::default();
+        let power = RecordingPower::default();
         let config = Config {
             poll_interval: Duration::from_millis(20),
             ..Config::default()
         };
         let agent = Agent::new(
             SimBar::new(vmd.clone()),
-            ReadOnlyClock,
+            read_only_clock(),
             power.clone(),
             agent_config(&config),
         );
@@ -379,7 +362,7 @@ mod tests {
         let hup = Arc::new(AtomicBool::new(false));
         let (flag, hup_flag) = (stop.clone(), hup.clone());
         let daemon = std::thread::spawn(move || {
-            let reload = |a: &mut Agent<SimBar, ReadOnlyClock, Recorder>| {
+            let reload = |a: &mut Agent<SimBar, FakeGuestClock, RecordingPower>| {
                 let c = Config {
                     poll_interval: Duration::from_millis(30),
                     ..Config::default()
@@ -410,9 +393,7 @@ mod tests {
         });
         vmd.lock().unwrap().vmctl_stop().unwrap();
         let asked = Instant::now();
-        wait("the REBOOT to be handled", &|| {
-            !power.0.lock().unwrap().is_empty()
-        });
+        wait("the REBOOT to be handled", &|| !power.calls().is_empty());
         assert!(
             asked.elapsed() < Duration::from_secs(3),
             "ACK took {:?}",
@@ -441,8 +422,8 @@ mod tests {
         assert_eq!(vmd.lock().unwrap().device_status(), 0, "released");
         assert_eq!(read_status(dir.path()).unwrap().state, "released");
         assert_eq!(
-            *power.0.lock().unwrap(),
-            vec![PowerAction::Reboot],
+            power.calls(),
+            vec![PowerCall::Begin(PowerAction::Reboot)],
             "acted once"
         );
     }
@@ -464,8 +445,8 @@ mod tests {
         };
         let agent = Agent::new(
             bar,
-            ReadOnlyClock,
-            Recorder::default(),
+            read_only_clock(),
+            RecordingPower::default(),
             agent_config(&config),
         );
         let reporter = Reporter {
@@ -517,14 +498,14 @@ mod tests {
             VmdConfig::default(),
             Box::new(vmd_sim::SystemClock),
         )));
-        let power = Recorder::default();
+        let power = RecordingPower::default();
         let config = Config {
             poll_interval: Duration::from_millis(10),
             ..Config::default()
         };
         let agent = Agent::new(
             SimBar::new(vmd.clone()),
-            ReadOnlyClock,
+            read_only_clock(),
             power.clone(),
             agent_config(&config),
         );
@@ -554,13 +535,13 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         vmd.lock().unwrap().vmctl_stop().unwrap();
-        while power.0.lock().unwrap().is_empty() {
+        while power.calls().is_empty() {
             assert!(Instant::now() < deadline, "stop not handled");
             std::thread::sleep(Duration::from_millis(5));
         }
         stop.store(true, Ordering::Relaxed);
         assert!(daemon.join().unwrap().is_ok());
-        assert_eq!(*power.0.lock().unwrap(), vec![PowerAction::Reboot]);
+        assert_eq!(power.calls(), vec![PowerCall::Begin(PowerAction::Reboot)]);
     }
 
     #[test]

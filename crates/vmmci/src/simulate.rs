@@ -2,16 +2,13 @@
 //! simulator, with a scripted host, on a virtual clock. The guest clock and
 //! the power switch here are simulated: nothing on this machine is touched.
 
-use std::cell::{Cell, RefCell};
 use std::process::ExitCode;
-use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vmd_sim::{HostClock, ManualClock, SimBar, VmEnd, Vmd, VmdConfig};
-use vmmci_agent::{
-    fmt_bound, fmt_ns, Agent, ClockError, GuestClock, Outcome, Power, PowerAction, PowerError,
-};
+use vmmci_agent::fakes::{FakeGuestClock, PowerCall, RecordingPower};
+use vmmci_agent::{fmt_bound, fmt_ns, Agent, GuestClock, Outcome, PowerAction};
 use vmmci_protocol::NANOS_PER_SEC;
 
 use crate::cli::SimulateArgs;
@@ -26,42 +23,6 @@ const STOP_AT: Duration = Duration::from_secs(45);
 const GUEST_SHUTDOWN: Duration = Duration::from_secs(3);
 const SCRIPT_END: Duration = Duration::from_secs(120);
 
-/// The simulated guest's wall clock: the machine's time base plus an error
-/// the agent corrects.
-#[derive(Clone)]
-struct SimGuestClock {
-    base: ManualClock,
-    offset_ns: Rc<Cell<i64>>,
-}
-
-impl GuestClock for SimGuestClock {
-    fn now_ns(&self) -> i64 {
-        self.base.realtime_ns() + self.offset_ns.get()
-    }
-    fn step(&mut self, delta_ns: i64) -> Result<(), ClockError> {
-        self.offset_ns.set(self.offset_ns.get() + delta_ns);
-        Ok(())
-    }
-}
-
-/// Records what the agent would have asked of init.
-#[derive(Clone, Default)]
-struct SimPower {
-    started: Rc<RefCell<Vec<PowerAction>>>,
-}
-
-impl Power for SimPower {
-    fn begin(&mut self, action: PowerAction) -> Result<(), PowerError> {
-        self.started.borrow_mut().push(action);
-        Ok(())
-    }
-    fn sync_disks(&mut self) {}
-    fn force(&mut self, action: PowerAction) -> Result<(), PowerError> {
-        self.started.borrow_mut().push(action);
-        Ok(())
-    }
-}
-
 fn line(at: Duration, who: &str, text: impl std::fmt::Display) {
     println!("[{:>7.3}] {who:<6} {text}", at.as_secs_f64());
 }
@@ -75,11 +36,11 @@ pub fn run(config: &Config, args: SimulateArgs) -> Result<ExitCode, CliError> {
         VmdConfig::default(),
         Box::new(base.clone()),
     )));
-    let guest = SimGuestClock {
-        base: base.clone(),
-        offset_ns: Rc::new(Cell::new((-args.boot_offset * 1e9) as i64)),
+    let guest = {
+        let b = base.clone();
+        FakeGuestClock::new(move || b.realtime_ns(), (-args.boot_offset * 1e9) as i64)
     };
-    let power = SimPower::default();
+    let power = RecordingPower::default();
     let mut agent = Agent::new(
         SimBar::new(vmd.clone()),
         guest.clone(),
@@ -224,10 +185,15 @@ pub fn run(config: &Config, args: SimulateArgs) -> Result<ExitCode, CliError> {
         );
     }
     println!("  guest − host now:  {}", fmt_ns(-residual));
-    println!(
-        "  power actions:     {:?} (simulated; this machine was not touched)",
-        power.started.borrow()
-    );
+    let actions: Vec<PowerAction> = power
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            PowerCall::Begin(a) | PowerCall::Force(a) => Some(a),
+            PowerCall::Sync => None,
+        })
+        .collect();
+    println!("  power actions:     {actions:?} (simulated; this machine was not touched)");
     println!(
         "  register accesses: {} , rule violations: {}",
         vmd.accesses(),

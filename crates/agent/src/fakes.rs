@@ -1,0 +1,126 @@
+//! Harmless stand-ins for the guest's clock and power switch: for tests, the
+//! fuzzer and `vmmci simulate`, where nothing may touch the machine. Both
+//! are `Send` and cheap to clone; clones share their state, so a test keeps
+//! one to look at while the agent owns the other.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::world::{ClockError, GuestClock, Power, PowerAction, PowerError};
+
+/// A guest wall clock: some base time (a simulated host's, or this
+/// machine's) plus an error the agent corrects by stepping.
+#[derive(Clone)]
+pub struct FakeGuestClock {
+    base: Arc<dyn Fn() -> i64 + Send + Sync>,
+    state: Arc<Mutex<ClockState>>,
+}
+
+#[derive(Default)]
+struct ClockState {
+    offset_ns: i64,
+    steps: Vec<i64>,
+    refuse: bool,
+}
+
+impl FakeGuestClock {
+    /// A clock that reads `base() + offset_ns`.
+    pub fn new(base: impl Fn() -> i64 + Send + Sync + 'static, offset_ns: i64) -> Self {
+        FakeGuestClock {
+            base: Arc::new(base),
+            state: Arc::new(Mutex::new(ClockState {
+                offset_ns,
+                ..ClockState::default()
+            })),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, ClockState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Guest − base, ns.
+    pub fn offset_ns(&self) -> i64 {
+        self.state().offset_ns
+    }
+    /// Put the clock off by `offset_ns` (as another program setting it would).
+    pub fn set_offset_ns(&self, offset_ns: i64) {
+        self.state().offset_ns = offset_ns;
+    }
+    /// Every step the agent made, in order.
+    pub fn steps(&self) -> Vec<i64> {
+        self.state().steps.clone()
+    }
+    /// Refuse steps from now on, as a clock without CAP_SYS_TIME would.
+    pub fn refuse_steps(&self, refuse: bool) {
+        self.state().refuse = refuse;
+    }
+}
+
+impl GuestClock for FakeGuestClock {
+    fn now_ns(&self) -> i64 {
+        (self.base)() + self.state().offset_ns
+    }
+    fn step(&mut self, delta_ns: i64) -> Result<(), ClockError> {
+        let mut s = self.state();
+        if s.refuse {
+            return Err(ClockError::NotPermitted("EPERM (fake clock)".into()));
+        }
+        s.offset_ns += delta_ns;
+        s.steps.push(delta_ns);
+        Ok(())
+    }
+}
+
+/// What the agent asked of the power switch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PowerCall {
+    Begin(PowerAction),
+    Sync,
+    Force(PowerAction),
+}
+
+/// A power switch that records what it is asked and does nothing.
+#[derive(Clone, Default)]
+pub struct RecordingPower {
+    calls: Arc<Mutex<Vec<PowerCall>>>,
+    fail_begin: bool,
+}
+
+impl RecordingPower {
+    /// One whose init system cannot be asked (`begin` fails).
+    pub fn failing() -> Self {
+        RecordingPower {
+            fail_begin: true,
+            ..RecordingPower::default()
+        }
+    }
+    pub fn calls(&self) -> Vec<PowerCall> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    fn record(&self, call: PowerCall) {
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(call);
+    }
+}
+
+impl Power for RecordingPower {
+    fn begin(&mut self, action: PowerAction) -> Result<(), PowerError> {
+        self.record(PowerCall::Begin(action));
+        if self.fail_begin {
+            return Err(PowerError {
+                action,
+                reason: "no init to ask (fake)".into(),
+            });
+        }
+        Ok(())
+    }
+    fn sync_disks(&mut self) {
+        self.record(PowerCall::Sync);
+    }
+    fn force(&mut self, action: PowerAction) -> Result<(), PowerError> {
+        self.record(PowerCall::Force(action));
+        Ok(())
+    }
+}
