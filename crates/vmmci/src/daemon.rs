@@ -329,79 +329,111 @@ mod tests {
         clock
     }
 
-    /// The real loop, on real time, against the simulator: a stop is
-    /// acknowledged well within vmd's 3 s, the status file follows, and a
-    /// stop signal releases the device.
-    #[test]
-    fn the_loop_acks_reports_and_releases() {
-        let dir = tempfile::tempdir().unwrap();
-        let vmd = Arc::new(Mutex::new(Vmd::new(
-            VmdConfig::default(),
-            Box::new(vmd_sim::SystemClock),
-        )));
-        let power = RecordingPower::default();
-        let config = Config {
-            poll_interval: Duration::from_millis(20),
-            ..Config::default()
-        };
-        let agent = Agent::new(
-            SimBar::new(vmd.clone()),
-            read_only_clock(),
-            power.clone(),
-            agent_config(&config),
-        );
-        let reporter = Reporter {
-            run_dir: dir.path().to_path_buf(),
-            info: ProcessInfo {
-                device: "simulator".into(),
-                ..ProcessInfo::default()
-            },
-            failing: false,
-        };
-        let stop = Arc::new(AtomicBool::new(false));
-        let hup = Arc::new(AtomicBool::new(false));
-        let (flag, hup_flag) = (stop.clone(), hup.clone());
-        let daemon = std::thread::spawn(move || {
-            let reload = |a: &mut Agent<SimBar, FakeGuestClock, RecordingPower>| {
-                let c = Config {
-                    poll_interval: Duration::from_millis(30),
-                    ..Config::default()
-                };
-                a.reconfigure(agent_config(&c));
-            };
-            serve(
-                agent,
-                reporter,
-                Signals {
-                    stop: &flag,
-                    hup: &hup_flag,
-                },
-                reload,
-            )
-            .map_err(|e| e.to_string())
-        });
+    /// The daemon loop in a thread, on real time, against the simulator,
+    /// with a read-only guest clock and a recording power switch. SIGHUP
+    /// (the `hup` flag) "reloads" a 30 ms poll interval.
+    struct Running {
+        vmd: Arc<Mutex<Vmd>>,
+        bar: SimBar,
+        power: RecordingPower,
+        stop: Arc<AtomicBool>,
+        hup: Arc<AtomicBool>,
+        thread: Option<std::thread::JoinHandle<Result<ExitCode, String>>>,
+    }
 
-        let wait = |what: &str, cond: &dyn Fn() -> bool| {
+    impl Running {
+        fn start(run_dir: &Path) -> Running {
+            let vmd = Arc::new(Mutex::new(Vmd::new(
+                VmdConfig::default(),
+                Box::new(vmd_sim::SystemClock),
+            )));
+            let bar = SimBar::new(vmd.clone());
+            let power = RecordingPower::default();
+            let config = Config {
+                poll_interval: Duration::from_millis(10),
+                ..Config::default()
+            };
+            let agent = Agent::new(
+                bar.clone(),
+                read_only_clock(),
+                power.clone(),
+                agent_config(&config),
+            );
+            let reporter = Reporter {
+                run_dir: run_dir.to_path_buf(),
+                info: ProcessInfo {
+                    device: "simulator".into(),
+                    ..ProcessInfo::default()
+                },
+                failing: false,
+            };
+            let (stop, hup) = (
+                Arc::new(AtomicBool::new(false)),
+                Arc::new(AtomicBool::new(false)),
+            );
+            let (s, h) = (stop.clone(), hup.clone());
+            let thread = std::thread::spawn(move || {
+                let reload = |a: &mut Agent<SimBar, FakeGuestClock, RecordingPower>| {
+                    let c = Config {
+                        poll_interval: Duration::from_millis(30),
+                        ..Config::default()
+                    };
+                    a.reconfigure(agent_config(&c));
+                };
+                serve(agent, reporter, Signals { stop: &s, hup: &h }, reload)
+                    .map_err(|e| e.to_string())
+            });
+            Running {
+                vmd,
+                bar,
+                power,
+                stop,
+                hup,
+                thread: Some(thread),
+            }
+        }
+
+        fn vmd(&self) -> std::sync::MutexGuard<'_, Vmd> {
+            self.vmd.lock().unwrap()
+        }
+
+        fn wait(&self, what: &str, cond: impl Fn(&Running) -> bool) {
             let deadline = Instant::now() + Duration::from_secs(10);
-            while !cond() {
+            while !cond(self) {
                 assert!(Instant::now() < deadline, "timed out waiting for {what}");
                 std::thread::sleep(Duration::from_millis(5));
             }
-        };
-        wait("DRIVER_OK", &|| {
-            vmd.lock().unwrap().device_status() & status::DRIVER_OK != 0
-        });
-        vmd.lock().unwrap().vmctl_stop().unwrap();
+        }
+
+        fn stop(mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+            let thread = self.thread.take().unwrap();
+            assert!(thread.join().unwrap().is_ok());
+        }
+    }
+
+    fn driver_ok(r: &Running) -> bool {
+        r.vmd().device_status() & status::DRIVER_OK != 0
+    }
+
+    /// A stop is acknowledged well within vmd's 3 s, the status file
+    /// follows, SIGHUP reloads, and a stop signal releases the device.
+    #[test]
+    fn the_loop_acks_reports_and_releases() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Running::start(dir.path());
+        r.wait("DRIVER_OK", driver_ok);
+        r.vmd().vmctl_stop().unwrap();
         let asked = Instant::now();
-        wait("the REBOOT to be handled", &|| !power.calls().is_empty());
+        r.wait("the REBOOT to be handled", |r| !r.power.calls().is_empty());
         assert!(
             asked.elapsed() < Duration::from_secs(3),
             "ACK took {:?}",
             asked.elapsed()
         );
         std::thread::sleep(Duration::from_millis(3100));
-        assert_eq!(vmd.lock().unwrap().ended(), None, "vmd saw the ACK in time");
-        wait("the status file", &|| {
+        assert_eq!(r.vmd().ended(), None, "vmd saw the ACK in time");
+        r.wait("the status file", |_| {
             read_status(dir.path())
                 .ok()
                 .and_then(|s| s.last_command)
@@ -412,13 +444,13 @@ mod tests {
         assert!(s.drift_ns.is_some(), "drift sampled at start");
         assert_eq!(s.latched_command, Some(Command::REBOOT));
 
-        hup.store(true, Ordering::Relaxed);
-        wait("the reload", &|| {
+        r.hup.store(true, Ordering::Relaxed);
+        r.wait("the reload", |_| {
             read_status(dir.path()).is_ok_and(|s| s.poll_interval_ms == 30)
         });
 
-        stop.store(true, Ordering::Relaxed);
-        assert!(daemon.join().unwrap().is_ok());
+        let (vmd, power) = (r.vmd.clone(), r.power.clone());
+        r.stop();
         assert_eq!(vmd.lock().unwrap().device_status(), 0, "released");
         assert_eq!(read_status(dir.path()).unwrap().state, "released");
         assert_eq!(
@@ -433,58 +465,14 @@ mod tests {
     #[test]
     fn the_loop_recovers_from_device_errors_with_a_new_handshake() {
         let dir = tempfile::tempdir().unwrap();
-        let vmd = Arc::new(Mutex::new(Vmd::new(
-            VmdConfig::default(),
-            Box::new(vmd_sim::SystemClock),
-        )));
-        let bar = SimBar::new(vmd.clone());
-        let faults = bar.clone();
-        let config = Config {
-            poll_interval: Duration::from_millis(10),
-            ..Config::default()
-        };
-        let agent = Agent::new(
-            bar,
-            read_only_clock(),
-            RecordingPower::default(),
-            agent_config(&config),
-        );
-        let reporter = Reporter {
-            run_dir: dir.path().to_path_buf(),
-            info: ProcessInfo::default(),
-            failing: false,
-        };
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let daemon = std::thread::spawn(move || {
-            let never = AtomicBool::new(false);
-            serve(
-                agent,
-                reporter,
-                Signals {
-                    stop: &flag,
-                    hup: &never,
-                },
-                |_| {},
-            )
-            .map_err(|e| e.to_string())
+        let r = Running::start(dir.path());
+        r.wait("the first handshake", |r| {
+            r.vmd().status_writes().len() >= 4
         });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while vmd.lock().unwrap().status_writes().len() < 4 {
-            assert!(Instant::now() < deadline);
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        faults.fail_next(5);
-        while vmd.lock().unwrap().status_writes().len() < 8 {
-            assert!(Instant::now() < deadline, "no second handshake");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!(
-            vmd.lock().unwrap().device_status() & status::DRIVER_OK,
-            status::DRIVER_OK
-        );
-        stop.store(true, Ordering::Relaxed);
-        assert!(daemon.join().unwrap().is_ok());
+        r.bar.fail_next(5);
+        r.wait("a second handshake", |r| r.vmd().status_writes().len() >= 8);
+        assert!(driver_ok(&r));
+        r.stop();
     }
 
     /// A run directory that cannot be written costs the status file, not
@@ -494,54 +482,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let blocked = dir.path().join("file");
         std::fs::write(&blocked, "not a directory").unwrap();
-        let vmd = Arc::new(Mutex::new(Vmd::new(
-            VmdConfig::default(),
-            Box::new(vmd_sim::SystemClock),
-        )));
-        let power = RecordingPower::default();
-        let config = Config {
-            poll_interval: Duration::from_millis(10),
-            ..Config::default()
-        };
-        let agent = Agent::new(
-            SimBar::new(vmd.clone()),
-            read_only_clock(),
-            power.clone(),
-            agent_config(&config),
-        );
-        let reporter = Reporter {
-            run_dir: blocked.join("vmmci"),
-            info: ProcessInfo::default(),
-            failing: false,
-        };
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let daemon = std::thread::spawn(move || {
-            let never = AtomicBool::new(false);
-            serve(
-                agent,
-                reporter,
-                Signals {
-                    stop: &flag,
-                    hup: &never,
-                },
-                |_| {},
-            )
-            .map_err(|e| e.to_string())
-        });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while vmd.lock().unwrap().device_status() & status::DRIVER_OK == 0 {
-            assert!(Instant::now() < deadline, "no handshake");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        vmd.lock().unwrap().vmctl_stop().unwrap();
-        while power.calls().is_empty() {
-            assert!(Instant::now() < deadline, "stop not handled");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        stop.store(true, Ordering::Relaxed);
-        assert!(daemon.join().unwrap().is_ok());
-        assert_eq!(power.calls(), vec![PowerCall::Begin(PowerAction::Reboot)]);
+        let r = Running::start(&blocked.join("vmmci"));
+        r.wait("DRIVER_OK", driver_ok);
+        r.vmd().vmctl_stop().unwrap();
+        r.wait("the stop to be handled", |r| !r.power.calls().is_empty());
+        assert_eq!(r.power.calls(), vec![PowerCall::Begin(PowerAction::Reboot)]);
+        r.stop();
     }
 
     #[test]
