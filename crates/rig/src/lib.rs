@@ -5,6 +5,7 @@
 
 pub mod artifacts;
 pub mod clock;
+pub mod distro;
 pub mod guest;
 pub mod image;
 pub mod proxy;
