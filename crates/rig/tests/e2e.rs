@@ -3,7 +3,7 @@
 //!
 //! Needs (never skipped; a missing piece fails with what to run):
 //!   scripts/rig/install-deps.sh      (root: qemu-system-x86, busybox-static, e2fsprogs, ...)
-//!   scripts/rig/fetch-kernels.sh     (kernels into .cache/kernels)
+//!   scripts/rig/fetch-kernels.sh     (kernels into ~/.cache/vmmci/kernels)
 //!   scripts/rig/build-guest-bins.sh  (static vmmci + rig-clockprobe)
 //! Run: scripts/rig/run-e2e.sh [filter]   (tests hold a lock: one QEMU at a time)
 
