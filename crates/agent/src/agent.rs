@@ -398,7 +398,8 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
             }
         };
         let (acked, outcome) = match command {
-            Command::None => unreachable!("NONE returned above"),
+            // Returned above; kept total so no input can reach a panic.
+            Command::None => return Ok(None),
             Command::Reboot => self.handle_power(raw, PowerAction::Reboot, now)?,
             Command::Shutdown => self.handle_power(raw, PowerAction::Poweroff, now)?,
             Command::SyncRtc => {

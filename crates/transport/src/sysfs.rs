@@ -40,16 +40,15 @@ impl SysfsBar {
 
     /// The open file, reopened if the device went away before.
     fn file(&mut self) -> Result<&File, TransportError> {
-        if self.file.is_none() {
-            let display = self.path.display().to_string();
-            let file = OpenOptions::new()
+        let file = match self.file.take() {
+            Some(f) => f,
+            None => OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open(&self.path)
-                .map_err(|e| open_error(&display, e))?;
-            self.file = Some(file);
-        }
-        Ok(self.file.as_ref().expect("opened above"))
+                .map_err(|e| open_error(&self.path.display().to_string(), e))?,
+        };
+        Ok(self.file.insert(file))
     }
 
     pub fn path(&self) -> &Path {
