@@ -131,6 +131,9 @@ const HALT_MARKERS: &[&str] = &[
     "reboot: System halted",
 ];
 
+/// What a guest kernel prints when it crashes (an oops may leave it hung).
+pub const GUEST_CRASH_MARKERS: &[&str] = &["Kernel panic - not syncing", "Oops: "];
+
 impl Inner {
     fn record(&self, outcome: Outcome, why: String, status: Option<ExitStatus>) -> bool {
         let mut st = self.state.lock().unwrap();
@@ -173,6 +176,13 @@ impl Inner {
                 (from, String::from_utf8_lossy(&c.data[from..]).into_owned())
             };
             let _ = from;
+            // A crashed guest kernel never ends by itself: end the VM now
+            // and say why, rather than wait for a timeout.
+            if GUEST_CRASH_MARKERS.iter().any(|m| text.contains(m)) {
+                let why = "guest kernel oops/panic (console)".to_string();
+                self.record(Outcome::QemuDied("guest kernel crash".into()), why, None);
+                self.qemu.kill();
+            }
             if HALT_MARKERS.iter().any(|m| text.contains(m)) {
                 let at = self.qemu.elapsed();
                 self.state.lock().unwrap().halted_at = Some(at);

@@ -115,6 +115,35 @@ fn probe(b: &Booted, count: u32) -> i64 {
 
 const SEC: i64 = 1_000_000_000;
 
+/// Trixie's 6.12 kernel crashes now and then under QEMU 7.2's TCG (a
+/// double fault or general protection fault in interrupt context, at boot
+/// or at shutdown: about 1 boot in 12 here, with any CPU model, with and
+/// without the agent): an emulator defect. A scenario on that kernel runs
+/// again, at most twice, when and only when the guest console shows the
+/// kernel crashing; each crashed run's console is kept beside the log. Any
+/// other failure fails at once.
+fn on_trixie(tag: &str, scenario: impl Fn() + std::panic::RefUnwindSafe) {
+    let log = vmmci_rig::artifacts::work_dir().join(format!("{tag}-{TRIXIE_CLOUD}.log"));
+    for attempt in 1..=3 {
+        let Err(failure) = std::panic::catch_unwind(&scenario) else {
+            return;
+        };
+        let console = std::fs::read_to_string(&log).unwrap_or_default();
+        let crashed = vmmci_rig::vm::GUEST_CRASH_MARKERS
+            .iter()
+            .any(|m| console.contains(m));
+        if attempt == 3 || !crashed {
+            std::panic::resume_unwind(failure);
+        }
+        let kept = log.with_extension(format!("guest-crash-{attempt}.log"));
+        let _ = std::fs::copy(&log, &kept);
+        eprintln!(
+            "  WARNING: the guest kernel crashed under TCG ({}); running the scenario again",
+            kept.display()
+        );
+    }
+}
+
 // ------------------------------------------------------------- boot ----
 
 fn boot_with_agent(kernel: &str) {
@@ -173,7 +202,7 @@ fn a_boot_agent_bookworm_generic() {
 
 #[test]
 fn a_boot_agent_trixie_cloud() {
-    boot_with_agent(TRIXIE_CLOUD);
+    on_trixie("boot", || boot_with_agent(TRIXIE_CLOUD));
 }
 
 /// The rig itself, without the agent: device enumerated, probe works.
@@ -215,7 +244,7 @@ fn rig_no_agent_bookworm_generic() {
 
 #[test]
 fn rig_no_agent_trixie_cloud() {
-    boot_no_agent_probe(TRIXIE_CLOUD);
+    on_trixie("noagent", || boot_no_agent_probe(TRIXIE_CLOUD));
 }
 
 // ---------------------------------------------------------- scenarios --
@@ -244,7 +273,7 @@ fn c_vmctl_stop_clean() {
 
 #[test]
 fn c_vmctl_stop_clean_trixie() {
-    vmctl_stop_clean(TRIXIE_CLOUD);
+    on_trixie("stop", || vmctl_stop_clean(TRIXIE_CLOUD));
 }
 
 fn vmctl_stop_clean(kernel: &str) {
@@ -340,7 +369,7 @@ fn e_guest_poweroff() {
 /// 6.12 prints "Power off not available: System halted instead".
 #[test]
 fn e_guest_poweroff_trixie() {
-    guest_poweroff(TRIXIE_CLOUD);
+    on_trixie("poweroff", || guest_poweroff(TRIXIE_CLOUD));
 }
 
 fn guest_poweroff(kernel: &str) {
