@@ -1,4 +1,4 @@
-//! CLOCK_REALTIME, read and stepped.
+//! CLOCK_REALTIME, read, stepped and slewed.
 
 use std::io;
 
@@ -42,6 +42,61 @@ impl GuestClock for SystemClock {
             _ => Err(ClockError::Failed(err.to_string())),
         }
     }
+
+    fn frequency_ppm(&self) -> Result<f64, ClockError> {
+        let tx = adjtime(0, 0)?;
+        Ok(tx.freq as f64 / FREQ_SCALE)
+    }
+
+    /// `clock_adjtime(ADJ_FREQUENCY)`: the kernel's NTP frequency correction,
+    /// the same knob chronyd and ntpd turn. It changes the clock's rate,
+    /// never its reading.
+    fn set_frequency_ppm(&mut self, ppm: f64) -> Result<(), ClockError> {
+        if !ppm.is_finite() {
+            return Err(ClockError::Failed(format!(
+                "frequency {ppm} is not a number"
+            )));
+        }
+        let scaled = (ppm.clamp(-MAX_PPM, MAX_PPM) * FREQ_SCALE).round() as libc::c_long;
+        adjtime(libc::ADJ_FREQUENCY, scaled).map(|_| ())
+    }
+
+    fn disciplined_by(&self) -> Option<String> {
+        crate::time_daemons::running().or_else(|| {
+            adjtime(0, 0)
+                .ok()
+                .and_then(|tx| kernel_synchronised(tx.status))
+        })
+    }
+}
+
+/// ADJ_FREQUENCY's unit: ppm with a 16-bit fraction.
+const FREQ_SCALE: f64 = 65_536.0;
+/// The kernel refuses more (MAXFREQ).
+const MAX_PPM: f64 = 500.0;
+
+/// One `clock_adjtime` on CLOCK_REALTIME with `modes` (0: only read).
+fn adjtime(modes: libc::c_uint, freq: libc::c_long) -> Result<libc::timex, ClockError> {
+    // SAFETY: an all-zero timex is valid input.
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    tx.modes = modes;
+    tx.freq = freq;
+    // SAFETY: tx is a valid timex for the duration of the call.
+    if unsafe { libc::clock_adjtime(libc::CLOCK_REALTIME, &mut tx) } >= 0 {
+        return Ok(tx);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EPERM) => Err(ClockError::NotPermitted(err.to_string())),
+        _ => Err(ClockError::Failed(err.to_string())),
+    }
+}
+
+/// The kernel boots with STA_UNSYNC set and only a time daemon clears it
+/// (the agent never does), so a clear flag means one is at work.
+fn kernel_synchronised(status: libc::c_int) -> Option<String> {
+    (status & libc::STA_UNSYNC == 0)
+        .then(|| "a time daemon (the kernel clock is marked synchronised)".to_string())
 }
 
 /// The kernel wants times and offsets as whole seconds plus nanoseconds in
@@ -86,6 +141,16 @@ mod tests {
     // No test here calls step(): even a zero ADJ_SETOFFSET clears the
     // kernel's NTP state, and tests must never re-clock the machine they
     // run on. The end-to-end tests step a real guest's clock in QEMU.
+    #[test]
+    fn frequency_reads_without_privilege_and_sync_flag_names_a_daemon() {
+        let f = SystemClock.frequency_ppm().unwrap();
+        assert!(f.abs() <= MAX_PPM, "{f}");
+        assert!(kernel_synchronised(libc::STA_UNSYNC | libc::STA_PLL).is_none());
+        assert!(kernel_synchronised(libc::STA_PLL)
+            .unwrap()
+            .contains("synchronised"));
+    }
+
     #[test]
     fn offsets_split_with_nanoseconds_in_range() {
         assert_eq!(split_ns(0), (0, 0));

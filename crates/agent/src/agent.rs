@@ -6,6 +6,7 @@ use tracing::{debug, info, warn};
 use vmmci_protocol::{status, Command, Features, HostTime, HostTimeError, Register, TimeSample};
 use vmmci_transport::{RegisterIo, TransportError};
 
+use crate::discipline::{ClockMode, ClockPolicy, Servo};
 use crate::drift::{DriftPoint, DriftTracker};
 use crate::world::{ClockError, GuestClock, Power, PowerAction};
 
@@ -27,6 +28,8 @@ pub struct AgentConfig {
     /// No real host clock is earlier than this (Unix seconds): the agent's
     /// build time.
     pub not_before_sec: u32,
+    /// What periodic samples do to the clock.
+    pub clock: ClockPolicy,
 }
 
 impl Default for AgentConfig {
@@ -38,6 +41,7 @@ impl Default for AgentConfig {
             history: 32,
             grace: Duration::from_secs(25),
             not_before_sec: 1_700_000_000,
+            clock: ClockPolicy::default(),
         }
     }
 }
@@ -138,9 +142,29 @@ impl std::fmt::Display for Outcome {
     }
 }
 
+/// Why the clock was stepped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepCause {
+    /// The host sent SYNCRTC (or `vmmci sync` asked).
+    Request,
+    /// `discipline` found an offset beyond the step threshold with no
+    /// request: a resume the agent missed, or someone set the clock.
+    Periodic,
+}
+
+impl StepCause {
+    pub fn name(self) -> &'static str {
+        match self {
+            StepCause::Request => "request",
+            StepCause::Periodic => "periodic",
+        }
+    }
+}
+
 /// A step of the guest clock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StepRecord {
+    pub cause: StepCause,
     /// Guest wall time just before the step.
     pub at_ns: i64,
     pub delta_ns: i64,
@@ -173,11 +197,87 @@ impl CommandRecord {
 /// A command handled during a tick.
 pub type Handled = CommandRecord;
 
+/// What the clock policy did with a periodic sample.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClockDecision {
+    /// `discipline`: the frequency correction was set to this.
+    Slewed { offset_ns: i64, frequency_ppm: f64 },
+    /// `discipline`: the offset was beyond the threshold.
+    Stepped(StepRecord),
+    /// `discipline`: another time daemon has the clock.
+    StoodBack { by: String },
+    /// `step-on-request`: far off, and no request came (logged once).
+    Warned { offset_ns: i64 },
+    /// Slewing or stepping failed; the clock is as it was.
+    Failed(String),
+}
+
+impl std::fmt::Display for ClockDecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClockDecision::Slewed {
+                offset_ns,
+                frequency_ppm,
+            } => write!(
+                f,
+                "slewing: offset {}, frequency {frequency_ppm:+.3} ppm",
+                fmt_ns(*offset_ns)
+            ),
+            ClockDecision::Stepped(s) => write!(
+                f,
+                "stepped by {} with no SYNCRTC (beyond the step threshold)",
+                fmt_ns(s.delta_ns)
+            ),
+            ClockDecision::StoodBack { by } => {
+                write!(f, "standing back: {by} disciplines the clock")
+            }
+            ClockDecision::Warned { offset_ns } => write!(
+                f,
+                "clock is off by {} and the host did not ask for a step \
+                 (a resume the agent missed?): run `vmmci sync`, or set [clock] mode = \"discipline\"",
+                fmt_ns(*offset_ns)
+            ),
+            ClockDecision::Failed(why) => write!(f, "clock left alone: {why}"),
+        }
+    }
+}
+
+/// Commands seen over the agent's life, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommandCounts {
+    pub reboot: u64,
+    pub shutdown: u64,
+    pub syncrtc: u64,
+    /// Values that are not commands.
+    pub unknown: u64,
+}
+
+/// The clock policy's state, for status and metrics.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClockReport {
+    pub mode: ClockMode,
+    pub step_threshold_ns: i64,
+    /// The frequency correction the agent last set (`discipline` only).
+    pub frequency_ppm: Option<f64>,
+    /// The servo's learned rate correction.
+    pub learned_frequency_ppm: Option<f64>,
+    pub steps_requested: u64,
+    pub steps_periodic: u64,
+    pub slews: u64,
+    /// Who else disciplines the clock, when `discipline` stands back.
+    pub disciplined_by: Option<String>,
+    pub last_decision: Option<String>,
+    /// A condition that needs a person (far off with no request).
+    pub warning: Option<String>,
+}
+
 /// What one tick did.
 #[derive(Clone, Debug, Default)]
 pub struct Tick {
     pub handled: Option<Handled>,
     pub sampled: Option<DriftPoint>,
+    /// What the clock policy did with that sample.
+    pub clock: Option<ClockDecision>,
     /// The orderly power action ran out of time and was forced.
     pub forced: Option<PowerAction>,
 }
@@ -200,6 +300,8 @@ pub struct Snapshot {
     pub latched: Option<u32>,
     pub polls: u64,
     pub last_sample_error: Option<String>,
+    pub clock: ClockReport,
+    pub commands: CommandCounts,
 }
 
 struct PendingPower {
@@ -229,11 +331,17 @@ pub struct Agent<B, C, P> {
     pending_power: Option<PendingPower>,
     polls: u64,
     last_sample_error: Option<String>,
+    servo: Servo,
+    clock_report: ClockReport,
+    commands: CommandCounts,
+    /// A time daemon the agent feeds (chronyd through its refclock socket).
+    fed_daemon: Option<String>,
 }
 
 impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
     pub fn new(bar: B, clock: C, power: P, config: AgentConfig) -> Self {
         let history = config.history;
+        let servo = Servo::new(clock.frequency_ppm().unwrap_or(0.0));
         Agent {
             bar,
             clock,
@@ -251,6 +359,10 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
             pending_power: None,
             polls: 0,
             last_sample_error: None,
+            servo,
+            clock_report: ClockReport::default(),
+            commands: CommandCounts::default(),
+            fed_daemon: None,
         }
     }
 
@@ -286,8 +398,24 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
     /// New tunables (a reloaded config). The next sample is due at once so
     /// a new sample interval takes effect now; the history is kept.
     pub fn reconfigure(&mut self, config: AgentConfig) {
+        // Leaving `discipline`: keep the learned rate, drop the part that
+        // was removing the last offset.
+        if self.config.clock.mode == ClockMode::Discipline
+            && config.clock.mode != ClockMode::Discipline
+            && self.clock_report.slews > 0
+        {
+            if let Err(e) = self.clock.set_frequency_ppm(self.servo.frequency_ppm()) {
+                warn!("could not settle the clock's frequency: {e}");
+            }
+        }
         self.config = config;
         self.next_sample = Duration::ZERO;
+    }
+    /// A time daemon takes this agent's samples (chronyd through its SOCK
+    /// refclock): it disciplines the clock, so `discipline` stands back even
+    /// when that daemon cannot be seen otherwise.
+    pub fn set_fed_daemon(&mut self, by: Option<String>) {
+        self.fed_daemon = by;
     }
     pub fn latched(&self) -> Option<u32> {
         self.latched
@@ -341,6 +469,7 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
                     self.last_sample_error = None;
                     debug!(offset = %fmt_ns(point.offset_ns), rtt = %fmt_ns(point.round_trip_ns), "drift sample");
                     tick.sampled = Some(point);
+                    tick.clock = self.apply_policy(&s, now);
                 }
                 Err(AgentError::Transport(e)) => return Err(AgentError::Transport(e)),
                 Err(e) => {
@@ -381,6 +510,7 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
                     return Ok(None);
                 }
                 self.last_unknown = Some(raw);
+                self.commands.unknown += 1;
                 if raw == u32::MAX {
                     warn!("COMMAND reads all ones: I/O decode off or device gone; ignoring");
                 } else {
@@ -400,12 +530,22 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
         let (acked, outcome) = match command {
             // Returned above; kept total so no input can reach a panic.
             Command::None => return Ok(None),
-            Command::Reboot => self.handle_power(raw, PowerAction::Reboot, now)?,
-            Command::Shutdown => self.handle_power(raw, PowerAction::Poweroff, now)?,
+            Command::Reboot => {
+                self.commands.reboot += 1;
+                self.handle_power(raw, PowerAction::Reboot, now)?
+            }
+            Command::Shutdown => {
+                self.commands.shutdown += 1;
+                self.handle_power(raw, PowerAction::Poweroff, now)?
+            }
             Command::SyncRtc => {
+                self.commands.syncrtc += 1;
                 // Step first, then acknowledge: the ACK tells vmd the guest
                 // clock is right again.
-                let outcome = self.step_to_host();
+                let outcome = match self.config.clock.mode {
+                    ClockMode::Off => Outcome::StepRefused("[clock] mode is \"off\"".into()),
+                    _ => self.step(StepCause::Request),
+                };
                 let acked = self.ack(raw)?;
                 // vmd clears COMMAND on that ACK, so the next SYNCRTC is a
                 // new request even before a poll sees NONE. Without ACK it
@@ -543,9 +683,93 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
         Ok(best)
     }
 
-    /// Step the guest clock to host time. Never steps on a sample that does
-    /// not validate; the reason is in the outcome.
+    /// Step the guest clock to host time, as asked (`vmmci sync`). Never
+    /// steps on a sample that does not validate; the reason is in the
+    /// outcome.
     pub fn step_to_host(&mut self) -> Outcome {
+        self.step(StepCause::Request)
+    }
+
+    /// What the clock policy does with a periodic sample.
+    fn apply_policy(&mut self, sample: &TimeSample, now: Duration) -> Option<ClockDecision> {
+        let policy = self.config.clock;
+        let offset = sample.offset_ns();
+        let beyond = offset.abs() > duration_ns(policy.step_threshold)
+            && offset.abs() > sample.error_bound_ns();
+        let decision = match policy.mode {
+            ClockMode::Off => None,
+            ClockMode::StepOnRequest if beyond => {
+                let first = self.clock_report.warning.is_none();
+                let d = ClockDecision::Warned { offset_ns: offset };
+                self.clock_report.warning = Some(d.to_string());
+                if first {
+                    warn!("{d}");
+                }
+                first.then_some(d)
+            }
+            ClockMode::StepOnRequest => {
+                self.clock_report.warning = None;
+                None
+            }
+            ClockMode::Discipline => Some(self.discipline(sample, beyond, now)),
+        };
+        if let Some(d) = &decision {
+            self.clock_report.last_decision = Some(d.to_string());
+        }
+        decision
+    }
+
+    fn discipline(&mut self, sample: &TimeSample, beyond: bool, now: Duration) -> ClockDecision {
+        self.clock_report.warning = None;
+        if let Some(by) = self
+            .fed_daemon
+            .clone()
+            .or_else(|| self.clock.disciplined_by())
+        {
+            self.servo.restart();
+            if self.clock_report.disciplined_by.as_deref() != Some(by.as_str()) {
+                info!("{by} disciplines the clock: standing back (SYNCRTC still steps)");
+            }
+            self.clock_report.disciplined_by = Some(by.clone());
+            return ClockDecision::StoodBack { by };
+        }
+        if self.clock_report.disciplined_by.take().is_some() {
+            info!("no other time daemon now: disciplining the clock");
+        }
+        if beyond {
+            warn!(
+                "clock off by {} with no SYNCRTC (a missed resume?): stepping",
+                fmt_ns(sample.offset_ns())
+            );
+            return match self.step(StepCause::Periodic) {
+                Outcome::Stepped(s) => ClockDecision::Stepped(s),
+                other => ClockDecision::Failed(other.to_string()),
+            };
+        }
+        let offset = sample.offset_ns();
+        let frequency = self.servo.update(offset, now, self.config.sample_interval);
+        match self.clock.set_frequency_ppm(frequency) {
+            Ok(()) => {
+                self.clock_report.slews += 1;
+                self.clock_report.frequency_ppm = Some(frequency);
+                self.clock_report.learned_frequency_ppm = Some(self.servo.frequency_ppm());
+                ClockDecision::Slewed {
+                    offset_ns: offset,
+                    frequency_ppm: frequency,
+                }
+            }
+            Err(e) => {
+                self.servo.restart();
+                let d = ClockDecision::Failed(format!("cannot slew: {e}"));
+                if self.clock_report.last_decision.as_deref() != Some(d.to_string().as_str()) {
+                    warn!("{d}");
+                }
+                d
+            }
+        }
+    }
+
+    fn step(&mut self, cause: StepCause) -> Outcome {
         let sample = match self.sample() {
             Ok(s) => s,
             Err(e) => return Outcome::StepRefused(e.to_string()),
@@ -573,7 +797,13 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
             self.drift.record(DriftPoint::from(&s));
             s.offset_ns()
         });
+        self.servo.restart();
+        match cause {
+            StepCause::Request => self.clock_report.steps_requested += 1,
+            StepCause::Periodic => self.clock_report.steps_periodic += 1,
+        }
         let record = StepRecord {
+            cause,
             at_ns,
             delta_ns: offset,
             error_bound_ns: bound,
@@ -600,6 +830,12 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
             latched: self.latched,
             polls: self.polls,
             last_sample_error: self.last_sample_error.clone(),
+            clock: ClockReport {
+                mode: self.config.clock.mode,
+                step_threshold_ns: duration_ns(self.config.clock.step_threshold),
+                ..self.clock_report.clone()
+            },
+            commands: self.commands,
         }
     }
 
@@ -638,6 +874,10 @@ fn check_consistent(valid: &[TimeSample], best: &TimeSample) -> Result<(), Agent
         }
     }
     Ok(())
+}
+
+fn duration_ns(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
 /// Guest time over which a live host clock must have moved on.

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::world::{ClockError, GuestClock, Power, PowerAction, PowerError};
 
 /// A guest wall clock: some base time (a simulated host's, or this
-/// machine's) plus an error the agent corrects by stepping.
+/// machine's) plus an error the agent corrects by stepping, running at a
+/// frequency correction the agent sets when it slews.
 #[derive(Clone)]
 pub struct FakeGuestClock {
     base: Arc<dyn Fn() -> i64 + Send + Sync>,
@@ -20,6 +21,20 @@ struct ClockState {
     offset_ns: i64,
     steps: Vec<i64>,
     refuse: bool,
+    /// Frequency correction, ppm, in effect since base time `anchor_ns`.
+    freq_ppm: f64,
+    anchor_ns: Option<i64>,
+    freq_sets: u64,
+    disciplined_by: Option<String>,
+}
+
+impl ClockState {
+    /// What the frequency correction has added since its anchor.
+    fn slewed_ns(&self, base_ns: i64) -> i64 {
+        self.anchor_ns.map_or(0, |a| {
+            ((base_ns - a) as f64 * self.freq_ppm * 1e-6).round() as i64
+        })
+    }
 }
 
 impl FakeGuestClock {
@@ -40,11 +55,18 @@ impl FakeGuestClock {
 
     /// Guest − base, ns.
     pub fn offset_ns(&self) -> i64 {
-        self.state().offset_ns
+        let base = (self.base)();
+        let s = self.state();
+        s.offset_ns + s.slewed_ns(base)
     }
     /// Put the clock off by `offset_ns` (as another program setting it would).
     pub fn set_offset_ns(&self, offset_ns: i64) {
-        self.state().offset_ns = offset_ns;
+        let base = (self.base)();
+        let mut s = self.state();
+        s.offset_ns = offset_ns;
+        if s.anchor_ns.is_some() {
+            s.anchor_ns = Some(base);
+        }
     }
     /// Every step the agent made, in order.
     pub fn steps(&self) -> Vec<i64> {
@@ -54,11 +76,21 @@ impl FakeGuestClock {
     pub fn refuse_steps(&self, refuse: bool) {
         self.state().refuse = refuse;
     }
+    /// How many times the frequency was set.
+    pub fn frequency_sets(&self) -> u64 {
+        self.state().freq_sets
+    }
+    /// Pretend another time daemon runs (`None`: none).
+    pub fn set_disciplined_by(&self, by: Option<&str>) {
+        self.state().disciplined_by = by.map(str::to_string);
+    }
 }
 
 impl GuestClock for FakeGuestClock {
     fn now_ns(&self) -> i64 {
-        (self.base)() + self.state().offset_ns
+        let base = (self.base)();
+        let s = self.state();
+        base + s.offset_ns + s.slewed_ns(base)
     }
     fn step(&mut self, delta_ns: i64) -> Result<(), ClockError> {
         let mut s = self.state();
@@ -68,6 +100,25 @@ impl GuestClock for FakeGuestClock {
         s.offset_ns += delta_ns;
         s.steps.push(delta_ns);
         Ok(())
+    }
+    fn frequency_ppm(&self) -> Result<f64, ClockError> {
+        Ok(self.state().freq_ppm)
+    }
+    fn set_frequency_ppm(&mut self, ppm: f64) -> Result<(), ClockError> {
+        let base = (self.base)();
+        let mut s = self.state();
+        if s.refuse {
+            return Err(ClockError::NotPermitted("EPERM (fake clock)".into()));
+        }
+        // Fold what the old rate added into the offset, then run at the new.
+        s.offset_ns += s.slewed_ns(base);
+        s.anchor_ns = Some(base);
+        s.freq_ppm = ppm;
+        s.freq_sets += 1;
+        Ok(())
+    }
+    fn disciplined_by(&self) -> Option<String> {
+        self.state().disciplined_by.clone()
     }
 }
 

@@ -7,13 +7,15 @@
 //! [`RegisterIo`]: vmmci_transport::RegisterIo
 
 mod agent;
+mod discipline;
 mod drift;
 pub mod fakes;
 mod world;
 
 pub use agent::{
-    fmt_bound, fmt_ns, Agent, AgentConfig, AgentError, CommandRecord, Handled, Outcome, Snapshot,
-    State, StepRecord, Tick,
+    fmt_bound, fmt_ns, Agent, AgentConfig, AgentError, ClockDecision, ClockReport, CommandCounts,
+    CommandRecord, Handled, Outcome, Snapshot, State, StepCause, StepRecord, Tick,
 };
+pub use discipline::{ClockMode, ClockPolicy, Servo, DEFAULT_STEP_THRESHOLD, MAX_FREQUENCY_PPM};
 pub use drift::{DriftPoint, DriftTracker};
 pub use world::{ClockError, GuestClock, Power, PowerAction, PowerError};

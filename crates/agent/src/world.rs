@@ -12,6 +12,21 @@ pub trait GuestClock {
     /// Move the clock by `delta_ns` (positive: forward), in one atomic
     /// adjustment so that time spent before the call does not matter.
     fn step(&mut self, delta_ns: i64) -> Result<(), ClockError>;
+    /// The kernel's frequency correction now in effect, ppm (positive: the
+    /// clock runs faster than its oscillator).
+    fn frequency_ppm(&self) -> Result<f64, ClockError> {
+        Ok(0.0)
+    }
+    /// Set that correction: how `discipline` slews, with no jump in time.
+    fn set_frequency_ppm(&mut self, ppm: f64) -> Result<(), ClockError> {
+        let _ = ppm;
+        Err(ClockError::Failed("this clock cannot be slewed".into()))
+    }
+    /// Another time daemon that disciplines this clock, named, if one runs:
+    /// `discipline` then stands back.
+    fn disciplined_by(&self) -> Option<String> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,6 +78,15 @@ impl<T: GuestClock + ?Sized> GuestClock for &mut T {
     }
     fn step(&mut self, delta_ns: i64) -> Result<(), ClockError> {
         (**self).step(delta_ns)
+    }
+    fn frequency_ppm(&self) -> Result<f64, ClockError> {
+        (**self).frequency_ppm()
+    }
+    fn set_frequency_ppm(&mut self, ppm: f64) -> Result<(), ClockError> {
+        (**self).set_frequency_ppm(ppm)
+    }
+    fn disciplined_by(&self) -> Option<String> {
+        (**self).disciplined_by()
     }
 }
 

@@ -1,8 +1,12 @@
 //! What the agent shows: one status record, written atomically under
 //! `/run/vmmci/` by the daemon and read back by `vmmci status`, which
 //! renders it for a person, as JSON for scripts, or as the old kernel
-//! driver's `vmmci.drift_sec` / `vmmci.drift_nsec` sysctl lines.
+//! driver's `vmmci.drift_sec` / `vmmci.drift_nsec` sysctl lines; the same
+//! record as Prometheus metrics ([`metrics`]); and every time sample to
+//! chronyd's SOCK refclock ([`chrony`]).
 
+pub mod chrony;
+pub mod metrics;
 mod render;
 mod store;
 mod timefmt;
@@ -50,6 +54,42 @@ pub struct Status {
     pub latched_command: Option<u32>,
     /// Why the last drift sample or device access failed, if it did.
     pub last_error: Option<String>,
+    /// The clock policy and what it did.
+    #[serde(default)]
+    pub clock: ClockStatus,
+    /// Commands seen since start, by kind.
+    #[serde(default)]
+    pub commands: CommandCounts,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClockStatus {
+    /// `step-on-request`, `discipline` or `off`.
+    pub mode: String,
+    pub step_threshold_ns: i64,
+    /// The frequency correction the agent last set (`discipline`).
+    pub frequency_ppm: Option<f64>,
+    /// The guest oscillator's rate error as the servo learned it.
+    pub learned_frequency_ppm: Option<f64>,
+    pub steps_requested: u64,
+    pub steps_periodic: u64,
+    pub slews: u64,
+    /// Another time daemon `discipline` stands back for.
+    pub disciplined_by: Option<String>,
+    pub last_decision: Option<String>,
+    pub warning: Option<String>,
+    /// The chrony SOCK refclock feed, when configured.
+    pub chrony: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CommandCounts {
+    pub reboot: u64,
+    pub shutdown: u64,
+    pub syncrtc: u64,
+    pub unknown: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,8 +108,11 @@ pub struct DriftEntry {
     pub round_trip_ns: i64,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepStatus {
+    /// `request` (SYNCRTC, `vmmci sync`) or `periodic` (`discipline`).
+    #[serde(default)]
+    pub cause: String,
     pub at_ns: i64,
     pub delta_ns: i64,
     pub error_bound_ns: i64,
@@ -84,6 +127,8 @@ pub struct ProcessInfo {
     pub now_ns: i64,
     pub boot_id: Option<String>,
     pub last_error: Option<String>,
+    /// How the chrony feed is doing, when there is one.
+    pub chrony: Option<String>,
 }
 
 impl Status {
@@ -130,6 +175,7 @@ impl Status {
                 })
                 .collect(),
             last_step: s.last_step.map(|st| StepStatus {
+                cause: st.cause.name().to_string(),
                 at_ns: st.at_ns,
                 delta_ns: st.delta_ns,
                 error_bound_ns: st.error_bound_ns,
@@ -137,6 +183,25 @@ impl Status {
             }),
             latched_command: s.latched,
             last_error: p.last_error.clone().or_else(|| s.last_sample_error.clone()),
+            clock: ClockStatus {
+                mode: s.clock.mode.name().to_string(),
+                step_threshold_ns: s.clock.step_threshold_ns,
+                frequency_ppm: s.clock.frequency_ppm,
+                learned_frequency_ppm: s.clock.learned_frequency_ppm,
+                steps_requested: s.clock.steps_requested,
+                steps_periodic: s.clock.steps_periodic,
+                slews: s.clock.slews,
+                disciplined_by: s.clock.disciplined_by.clone(),
+                last_decision: s.clock.last_decision.clone(),
+                warning: s.clock.warning.clone(),
+                chrony: p.chrony.clone(),
+            },
+            commands: CommandCounts {
+                reboot: s.commands.reboot,
+                shutdown: s.commands.shutdown,
+                syncrtc: s.commands.syncrtc,
+                unknown: s.commands.unknown,
+            },
         }
     }
 
@@ -181,6 +246,24 @@ mod tests {
             latched: Some(2),
             polls: 17,
             last_sample_error: None,
+            clock: vmmci_agent::ClockReport {
+                mode: vmmci_agent::ClockMode::Discipline,
+                step_threshold_ns: 128_000_000,
+                frequency_ppm: Some(49.5),
+                learned_frequency_ppm: Some(50.1),
+                steps_requested: 1,
+                steps_periodic: 2,
+                slews: 40,
+                disciplined_by: None,
+                last_decision: Some("slewing: offset +12.000 µs, frequency +49.500 ppm".into()),
+                warning: None,
+            },
+            commands: vmmci_agent::CommandCounts {
+                reboot: 1,
+                shutdown: 0,
+                syncrtc: 3,
+                unknown: 0,
+            },
         };
         let p = ProcessInfo {
             device: "0000:00:05.0".into(),
@@ -188,6 +271,7 @@ mod tests {
             now_ns: 1_900_000_001_000_000_000,
             boot_id: Some("b00t".into()),
             last_error: None,
+            chrony: Some("sending to /run/chrony.vmmci.sock".into()),
         };
         Status::from_snapshot(&snap, &p)
     }

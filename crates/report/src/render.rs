@@ -75,15 +75,20 @@ pub fn render_text(s: &Status, alive: bool, now_ns: i64) -> String {
             let _ = writeln!(out, "drift:          not measured yet");
         }
     }
+    render_clock(&mut out, s);
     match &s.last_step {
         Some(st) => {
             let residual = st
                 .residual_ns
                 .map(|r| format!(", residual {}", fmt_ns(r)))
                 .unwrap_or_default();
+            let cause = match st.cause.as_str() {
+                "periodic" => " (no SYNCRTC: beyond the step threshold)",
+                _ => "",
+            };
             let _ = writeln!(
                 out,
-                "last step:      {} at {}{residual}",
+                "last step:      {} at {}{residual}{cause}",
                 fmt_ns(st.delta_ns),
                 ago(st.at_ns)
             );
@@ -97,6 +102,39 @@ pub fn render_text(s: &Status, alive: bool, now_ns: i64) -> String {
     }
     let _ = writeln!(out, "updated:        {}", ago(s.updated_at_ns));
     out
+}
+
+/// The clock policy: mode, what it did, and what needs a person.
+fn render_clock(out: &mut String, s: &Status) {
+    let c = &s.clock;
+    if c.mode.is_empty() {
+        return; // a status file from before the policy existed
+    }
+    let threshold = match c.mode.as_str() {
+        "off" => String::new(),
+        _ => format!(", step threshold {}", fmt_bound(c.step_threshold_ns)),
+    };
+    let _ = writeln!(
+        out,
+        "clock mode:     {}{threshold}; steps {} requested, {} periodic; {} slews",
+        c.mode, c.steps_requested, c.steps_periodic, c.slews
+    );
+    if let Some(f) = c.frequency_ppm {
+        let learned = c
+            .learned_frequency_ppm
+            .map(|l| format!(" (learned rate {l:+.3} ppm)"))
+            .unwrap_or_default();
+        let _ = writeln!(out, "frequency:      {f:+.3} ppm{learned}");
+    }
+    if let Some(d) = &c.last_decision {
+        let _ = writeln!(out, "clock policy:   {d}");
+    }
+    if let Some(w) = &c.warning {
+        let _ = writeln!(out, "WARNING:        {w}");
+    }
+    if let Some(feed) = &c.chrony {
+        let _ = writeln!(out, "chrony:         {feed}");
+    }
 }
 
 /// The old kernel driver's sysctls, `sysctl`'s `name = value` form. Both
@@ -148,6 +186,10 @@ mod tests {
             "round trip 40.000 µs",
             "last step:      none",
             "(2 s ago)",
+            "clock mode:     discipline, step threshold 128.000 ms; steps 1 requested, 2 periodic; 40 slews",
+            "frequency:      +49.500 ppm (learned rate +50.100 ppm)",
+            "clock policy:   slewing",
+            "chrony:         sending to /run/chrony.vmmci.sock",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

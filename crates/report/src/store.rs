@@ -51,21 +51,31 @@ pub fn write_status(dir: &Path, status: &Status) -> Result<(), StatusError> {
         }
         Err(e) => return Err(werr(e)),
     }
-    let tmp = dir.join(format!(".{STATUS_FILE}.{}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
     let body = serde_json::to_vec_pretty(status).map_err(|e| werr(io::Error::other(e)))?;
+    write_atomic(&dir.join(STATUS_FILE), &body, b"\n").map_err(werr)
+}
+
+/// Replace `path` with `body` + `tail` whole or not at all: a temp file
+/// beside it, then rename. World-readable; never through a symlink.
+pub(crate) fn write_atomic(path: &Path, body: &[u8], tail: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o644)
         .custom_flags(libc_o_nofollow())
-        .open(&tmp)
-        .map_err(werr)?;
-    let written = file.write_all(&body).and_then(|_| file.write_all(b"\n"));
+        .open(&tmp)?;
+    let written = file.write_all(body).and_then(|_| file.write_all(tail));
     drop(file);
-    if let Err(e) = written.and_then(|_| fs::rename(&tmp, dir.join(STATUS_FILE))) {
+    if let Err(e) = written.and_then(|_| fs::rename(&tmp, path)) {
         let _ = fs::remove_file(&tmp);
-        return Err(werr(e));
+        return Err(e);
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use vmd_sim::VmdConfig;
 
 use crate::artifacts;
+use crate::guest::HostClockError;
 use crate::vm::{Vm, VmOptions};
 use crate::RigError;
 
@@ -184,6 +185,8 @@ pub struct BootOptions {
     pub prepare: Option<Prepare>,
     /// How long to wait for `systemctl is-system-running --wait`.
     pub boot_timeout: Duration,
+    /// The simulated host's clock rate error (ppm) and read noise (ns).
+    pub host_clock: HostClockError,
 }
 
 impl BootOptions {
@@ -194,6 +197,7 @@ impl BootOptions {
             append: String::new(),
             prepare: None,
             boot_timeout: Duration::from_secs(150),
+            host_clock: HostClockError::default(),
         }
     }
 }
@@ -268,6 +272,7 @@ pub fn boot(img: &Image, opts: BootOptions) -> Result<Distro, RigError> {
     }
     o.append = append;
     o.vmd_config = opts.vmd;
+    o.clock = opts.host_clock.clock();
     // systemd, udev, journald, dbus: 256 MiB is tight for a full distro.
     o.memory_mb = 512;
     let vm = Vm::start(o)?;
@@ -313,7 +318,60 @@ pub fn clean(s: &str) -> String {
     out.trim().to_string()
 }
 
+/// chrony.conf for a guest whose only time source is vmmci's SOCK refclock
+/// (the lines docs/clock.md gives).
+pub const CHRONY_CONF: &[&str] = &[
+    "refclock SOCK /run/chrony.vmmci.sock refid VMM poll 2 precision 1e-6",
+    "makestep 0.1 3",
+    "driftfile /var/lib/chrony/chrony.drift",
+];
+
+/// Put a host file into the root file system copy (before boot), mode 0755.
+pub fn install_file(disk: &Path, host: &Path, guest: &str) -> Result<(), RigError> {
+    let d = disk.display().to_string();
+    let h = host.display().to_string();
+    host_tool("debugfs", &["-w", "-R", &format!("write {h} {guest}"), &d])?;
+    host_tool(
+        "debugfs",
+        &["-w", "-R", &format!("sif {guest} mode 0100755"), &d],
+    )?;
+    Ok(())
+}
+
 impl Distro {
+    /// Configure chronyd with vmmci as its only source ([`CHRONY_CONF`]),
+    /// the agent with `vmmci_toml` (which should name the socket in
+    /// `[chrony]`), start chronyd and restart the agent.
+    pub fn start_chrony(&self, vmmci_toml: &[&str]) -> Result<(), RigError> {
+        let quoted = |lines: &[&str]| {
+            lines
+                .iter()
+                .map(|l| format!("'{l}'"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let t = Duration::from_secs(60);
+        self.sh(
+            &format!("printf '%s\\n' {} > /etc/vmmci.toml", quoted(vmmci_toml)),
+            t,
+        )?;
+        self.sh(
+            &format!(
+                "printf '%s\\n' {} > /etc/chrony/chrony.conf",
+                quoted(CHRONY_CONF)
+            ),
+            t,
+        )?;
+        let out = self.sh(
+            "systemctl start chrony.service && systemctl restart vmmci.service && echo started",
+            t,
+        )?;
+        if !out.ends_with("started") {
+            return Err(RigError::Missing(format!("starting chronyd: {out}")));
+        }
+        Ok(())
+    }
+
     /// Run a command in the guest's root shell; its output, cleaned.
     pub fn sh(&self, cmd: &str, timeout: Duration) -> Result<String, RigError> {
         self.vm.run(cmd, timeout).map(|s| clean(&s))

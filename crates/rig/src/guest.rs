@@ -5,13 +5,35 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use vmd_sim::VmdConfig;
+use vmd_sim::{HostClock, SkewedClock, SystemClock, VmdConfig};
 
 use crate::artifacts;
 use crate::clock;
 use crate::image::{self, ImageOptions, Kernel};
 use crate::vm::{Vm, VmOptions};
 use crate::RigError;
+
+/// How the simulated host's clock is off: its rate against this machine's
+/// clock (which the guest's TSC follows under TCG) and its read noise.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct HostClockError {
+    pub ppm: f64,
+    pub jitter_ns: i64,
+}
+
+impl HostClockError {
+    /// The clock for [`VmOptions::clock`]: none (the real one) when perfect.
+    pub fn clock(self) -> Option<Box<dyn HostClock>> {
+        if self == HostClockError::default() {
+            return None;
+        }
+        Some(Box::new(SkewedClock::new(
+            Box::new(SystemClock),
+            self.ppm,
+            self.jitter_ns,
+        )))
+    }
+}
 
 /// What to put in the guest.
 #[derive(Clone, Debug)]
@@ -21,6 +43,7 @@ pub struct Guest {
     pub agent_args: Option<String>,
     pub disk: bool,
     pub vmd: VmdConfig,
+    pub host_clock: HostClockError,
 }
 
 impl Guest {
@@ -30,6 +53,7 @@ impl Guest {
             agent_args: None,
             disk: false,
             vmd: VmdConfig::default(),
+            host_clock: HostClockError::default(),
         }
     }
     pub fn no_agent() -> Guest {
@@ -46,6 +70,10 @@ impl Guest {
         self.agent_args = Some(a.to_string());
         self
     }
+    pub fn host_clock(mut self, ppm: f64, jitter_ns: i64) -> Guest {
+        self.host_clock = HostClockError { ppm, jitter_ns };
+        self
+    }
 }
 
 /// A booted guest.
@@ -55,6 +83,34 @@ pub struct Booted {
     /// When the guest printed `RIG: ready`, since QEMU started.
     pub ready_at: Duration,
     pub log: PathBuf,
+}
+
+/// Run the clock probe (`prog`, as the guest finds it) for `count` samples
+/// and return the residuals guest − host (ns) the simulator saw.
+pub fn probe(vm: &Vm, prog: &str, count: u32) -> Result<Vec<i64>, RigError> {
+    let skip = vm.with_vmd(|v| v.probe_writes().len());
+    let out = vm.run(&format!("{prog} {count} 50"), Duration::from_secs(60))?;
+    if !out.contains("RIG-PROBE-DONE") {
+        return Err(RigError::Missing(format!(
+            "clock probe did not finish: {out}"
+        )));
+    }
+    Ok(vm.with_vmd(|v| clock::residuals_since(v.probe_writes(), skip)))
+}
+
+/// The agent's status record, from `vmmci status --json` in the guest.
+pub fn agent_status(vm: &Vm) -> Result<vmmci_report::Status, RigError> {
+    let out = vm.run("vmmci status --json", Duration::from_secs(30))?;
+    let json = match (out.find('{'), out.rfind('}')) {
+        (Some(i), Some(j)) if i < j => &out[i..=j],
+        _ => {
+            return Err(RigError::Missing(format!(
+                "no JSON from `vmmci status --json`: {out}"
+            )))
+        }
+    };
+    serde_json::from_str(json)
+        .map_err(|e| RigError::Missing(format!("`vmmci status --json`: {e}: {json}")))
 }
 
 /// Build the guest's image and boot it on the cached kernel `kernel`
@@ -93,6 +149,7 @@ pub fn boot(kernel: &str, g: &Guest, tag: &str) -> Result<Booted, RigError> {
     let mut o = VmOptions::new(k.vmlinuz.clone(), initrd, log.clone());
     o.data_disk = disk.clone();
     o.vmd_config = g.vmd.clone();
+    o.clock = g.host_clock.clock();
     let vm = Vm::start(o)?;
     vm.wait_console("RIG: ready", Duration::from_secs(180))?;
     let ready_at = vm.elapsed();
@@ -116,19 +173,7 @@ impl Booted {
     /// Residuals guest − host (ns) of `count` clock-probe samples, measured
     /// independently of the agent (see `rig-clockprobe`).
     pub fn probe(&self, count: u32) -> Result<Vec<i64>, RigError> {
-        let skip = self.vm.with_vmd(|v| v.probe_writes().len());
-        let out = self.vm.run(
-            &format!("rig-clockprobe {count} 50"),
-            Duration::from_secs(60),
-        )?;
-        if !out.contains("RIG-PROBE-DONE") {
-            return Err(RigError::Missing(format!(
-                "clock probe did not finish: {out}"
-            )));
-        }
-        Ok(self
-            .vm
-            .with_vmd(|v| clock::residuals_since(v.probe_writes(), skip)))
+        probe(&self.vm, "rig-clockprobe", count)
     }
 
     /// The vmd log, the rig's actions and the console tail, for failures.

@@ -5,6 +5,7 @@
 
 pub mod artifacts;
 pub mod clock;
+pub mod clock_compare;
 pub mod distro;
 pub mod guest;
 pub mod image;

@@ -447,30 +447,7 @@ fn c_guest_poweroff_power_down_signal() {
     );
     let ev0 = n_events(&d);
     let from = d.vm.console_len();
-    must(d.vm.send_console("poweroff"), "poweroff");
-    // Catch the moment vmd gets the signal, and what the console showed then.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let (console_at_signal, sb_at_signal) = loop {
-        if power_down_signal(&events_since(&d, ev0)) {
-            // The root file system's superblock as it is on the disk now:
-            // mounted read-write it carries needs_recovery.
-            let sb = must(image::superblock_state(&d.disk), "dumpe2fs at the signal");
-            break (console_since(&d, from), sb);
-        }
-        let halted_long =
-            d.vm.halted_at()
-                .is_some_and(|h| d.vm.elapsed() > h + Duration::from_secs(10));
-        if d.vm.ended().is_some() || halted_long || Instant::now() > deadline {
-            panic!("no power-down signal\n{}", d.dump());
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    };
-    assert_eq!(
-        sb_at_signal,
-        "clean",
-        "when the power-down signal came, / was still mounted read-write\n{}",
-        d.dump()
-    );
+    let console_at_signal = poweroff_until_signal(&d, ev0, from);
     let e = end(&d, Duration::from_secs(30));
     assert_outcome(&d, &e, Outcome::PowerDown);
     for w in [
@@ -633,6 +610,131 @@ fn e_vmctl_stop_while_agent_dead() {
     );
     assert_systemd_shutdown(&d, from, "reboot.target", &["reboot: Restarting system"]);
     assert_disk_clean(&d);
+    d.discard();
+}
+
+// ------------------------------------------------------------ chrony ----
+
+/// The agent's status record, from `vmmci status --json` in the guest.
+fn agent_status(d: &Distro) -> vmmci_report::Status {
+    match vmmci_rig::guest::agent_status(&d.vm) {
+        Ok(s) => s,
+        Err(e) => panic!("{e}\n{}", d.dump()),
+    }
+}
+
+/// `chronyc tracking`'s "System time" (guest − reference, s; "fast" is
+/// positive) and "Frequency" (ppm; "slow" is negative), if it has them.
+fn tracking(text: &str) -> Option<(f64, f64)> {
+    let field = |name: &str| {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        let words: Vec<&str> = line.split(':').nth(1)?.split_whitespace().collect();
+        let v: f64 = words.first()?.parse().ok()?;
+        let sign = if words.contains(&"slow") { -1.0 } else { 1.0 };
+        Some(sign * v)
+    };
+    Some((field("System time")?, field("Frequency")?))
+}
+
+#[test]
+fn tracking_parses() {
+    let t = "Reference ID    : 564D4D00 (VMM)\nSystem time     : 0.000012345 seconds slow of NTP time\nFrequency       : 49.875 ppm slow\n";
+    assert_eq!(tracking(t), Some((-0.000012345, -49.875)));
+    assert_eq!(tracking("506 Cannot talk to daemon"), None);
+}
+
+/// chronyd with vmmci as its only source, no network: the agent sends every
+/// sample to chrony's SOCK refclock, chrony selects it and locks the guest
+/// clock to the host, whose clock runs 50 ppm fast. The agent, in
+/// `discipline` mode, stands back for chrony and says so in status and
+/// metrics.
+#[test]
+fn f_chrony_selects_the_vmmci_refclock_and_converges() {
+    let _g = serial();
+    let img = image();
+    let mut o = BootOptions::new("chrony");
+    o.host_clock = vmmci_rig::guest::HostClockError {
+        ppm: 50.0,
+        jitter_ns: 20_000,
+    };
+    let d = boot(&img, o);
+    check_booted(&d);
+    let t0 = Instant::now();
+    if let Err(e) = d.start_chrony(&[
+        "sample_interval = \"2s\"",
+        "[clock]",
+        "mode = \"discipline\"",
+        "[chrony]",
+        "socket = \"/run/chrony.vmmci.sock\"",
+        "[metrics]",
+        "textfile = \"/run/vmmci/vmmci.prom\"",
+    ]) {
+        panic!("{e}\n{}", d.dump());
+    }
+    let deadline = t0 + Duration::from_secs(300);
+    let mut selected_at = None;
+    let (mut sources, mut track);
+    let converged = loop {
+        sources = sh(&d, "chronyc -n sources");
+        if selected_at.is_none() && sources.lines().any(|l| l.starts_with("#* VMM")) {
+            selected_at = Some(t0.elapsed());
+        }
+        track = sh(&d, "chronyc -n tracking");
+        let locked = track.contains("(VMM)");
+        if let (true, Some((offset, freq))) = (locked, tracking(&track)) {
+            if selected_at.is_some() && offset.abs() < 0.001 && (freq + 50.0).abs() < 10.0 {
+                break Some((offset, freq));
+            }
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    };
+    let Some((offset, freq)) = converged else {
+        panic!(
+            "chrony did not select VMM and converge in 300 s:\n{sources}\n{track}\n{}\n{}",
+            sh(
+                &d,
+                "journalctl -b -u chrony -u vmmci --no-pager | tail -n 40"
+            ),
+            d.dump()
+        );
+    };
+    eprintln!(
+        "  chrony: VMM selected {:.0} s after start; converged at {:.0} s: system time {:+.6} ms, frequency {freq:+.3} ppm (host 50 ppm fast)",
+        selected_at.unwrap_or_default().as_secs_f64(),
+        t0.elapsed().as_secs_f64(),
+        offset * 1e3
+    );
+    let st = agent_status(&d);
+    let feed = st.clock.chrony.clone().unwrap_or_default();
+    assert!(
+        feed.starts_with("sending"),
+        "chrony feed: {feed}\n{}",
+        d.dump()
+    );
+    assert_eq!(st.clock.mode, "discipline");
+    let by = st.clock.disciplined_by.clone().unwrap_or_default();
+    assert!(
+        by.contains("chronyd"),
+        "discipline did not stand back: {st:?}"
+    );
+    assert_eq!(st.clock.slews, 0, "the agent never slewed against chrony");
+    let drift = st.drift_ns.expect("a sample");
+    assert!(
+        drift.abs() < 2_000_000,
+        "agent's own sample: host − guest {drift} ns"
+    );
+    let prom = sh(&d, "cat /run/vmmci/vmmci.prom");
+    for want in [
+        "vmmci_up 1",
+        "vmmci_clock_standing_back 1",
+        "clock_mode=\"discipline\"",
+    ] {
+        assert!(prom.contains(want), "{want} not in metrics:\n{prom}");
+    }
+    d.vm.kill();
     d.discard();
 }
 
@@ -805,27 +907,7 @@ fn o_openrc_poweroff_power_down_signal() {
     );
     let ev0 = n_events(&d);
     let from = d.vm.console_len();
-    must(d.vm.send_console("poweroff"), "poweroff");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let (console_at_signal, sb_at_signal) = loop {
-        if power_down_signal(&events_since(&d, ev0)) {
-            let sb = must(image::superblock_state(&d.disk), "dumpe2fs at the signal");
-            break (console_since(&d, from), sb);
-        }
-        let halted_long =
-            d.vm.halted_at()
-                .is_some_and(|h| d.vm.elapsed() > h + Duration::from_secs(10));
-        if d.vm.ended().is_some() || halted_long || Instant::now() > deadline {
-            panic!("no power-down signal\n{}", d.dump());
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    };
-    assert_eq!(
-        sb_at_signal,
-        "clean",
-        "when the power-down signal came, / was still mounted read-write\n{}",
-        d.dump()
-    );
+    let console_at_signal = poweroff_until_signal(&d, ev0, from);
     for w in [
         "INIT: Switching to runlevel: 0",
         "EXT4-fs (vda): re-mounted",
@@ -927,4 +1009,35 @@ fn o_openrc_agent_sigkill_respawned() {
     let violations = d.vm.with_vmd(|v| v.violations().len());
     assert_eq!(violations, 0, "access-rule violations\n{}", d.dump());
     d.discard();
+}
+
+/// `poweroff` in the guest; wait for vmd to get the power-down signal and
+/// assert that the root file system was already clean (read-only) on disk
+/// at that moment. Returns what the console showed from `from` on by then;
+/// `ev0` is the vmd event count before.
+fn poweroff_until_signal(d: &Distro, ev0: usize, from: usize) -> String {
+    must(d.vm.send_console("poweroff"), "poweroff");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (console_at_signal, sb_at_signal) = loop {
+        if power_down_signal(&events_since(d, ev0)) {
+            // The root file system's superblock as it is on the disk now:
+            // mounted read-write it carries needs_recovery.
+            let sb = must(image::superblock_state(&d.disk), "dumpe2fs at the signal");
+            break (console_since(d, from), sb);
+        }
+        let halted_long =
+            d.vm.halted_at()
+                .is_some_and(|h| d.vm.elapsed() > h + Duration::from_secs(10));
+        if d.vm.ended().is_some() || halted_long || Instant::now() > deadline {
+            panic!("no power-down signal\n{}", d.dump());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert_eq!(
+        sb_at_signal,
+        "clean",
+        "when the power-down signal came, / was still mounted read-write\n{}",
+        d.dump()
+    );
+    console_at_signal
 }

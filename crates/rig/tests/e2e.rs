@@ -705,6 +705,103 @@ fn o_forced_stop_ends_at_once_without_vmmci() {
     );
 }
 
+/// The agent's status record, from `vmmci status --json` in the guest.
+fn agent_status(b: &Booted) -> vmmci_report::Status {
+    must(guest::agent_status(&b.vm), "vmmci status")
+}
+
+/// Wait (polling status) until `cond` holds; the status it held on.
+fn wait_status(
+    b: &Booted,
+    what: &str,
+    timeout: Duration,
+    cond: impl Fn(&vmmci_report::Status) -> bool,
+) -> vmmci_report::Status {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let st = agent_status(b);
+        if cond(&st) {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {st:?}\n{}",
+            dump(b)
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// `discipline` in a real kernel: with the host clock 50 ppm fast, the
+/// agent learns the rate through the kernel's frequency correction and
+/// holds the guest clock to the host within a millisecond with no step;
+/// then the guest clock is set back a minute with no SYNCRTC (a resume the
+/// agent missed) and the next sample steps it back.
+#[test]
+fn q_discipline_slews_a_fast_host_and_steps_a_missed_resume() {
+    let _g = serial();
+    let b = boot(
+        BOOKWORM_CLOUD,
+        Guest::agent()
+            .args("daemon --clock-mode discipline --sample-interval 2s")
+            .host_clock(50.0, 20_000),
+        "discipline",
+    );
+    driver_ok(&b);
+    let st = wait_status(&b, "30 slews", Duration::from_secs(180), |s| {
+        s.clock.slews >= 30
+    });
+    let learned = st.clock.learned_frequency_ppm.unwrap_or(f64::NAN);
+    let steps_before = st.clock.steps_periodic;
+    let r = probe(&b, 5);
+    eprintln!(
+        "  discipline: {} slews, learned {learned:+.3} ppm, frequency {:+.3} ppm, probe residual {:+.3} ms",
+        st.clock.slews,
+        st.clock.frequency_ppm.unwrap_or(f64::NAN),
+        r as f64 / 1e6
+    );
+    assert_eq!(st.clock.mode, "discipline");
+    assert!(
+        (learned - 50.0).abs() < 15.0,
+        "learned rate {learned} ppm; the host runs 50 ppm fast\n{st:?}"
+    );
+    assert!(
+        r.abs() < 1_000_000,
+        "guest − host {r} ns after a minute of discipline\n{}",
+        dump(&b)
+    );
+
+    let n = n_events(&b);
+    must(
+        b.vm.run(
+            "date -s @$(( $(date +%s) - 60 )) >/dev/null && echo set-back",
+            Duration::from_secs(20),
+        ),
+        "date -s",
+    );
+    let st = wait_status(&b, "the periodic step", Duration::from_secs(60), |s| {
+        s.clock.steps_periodic > steps_before
+    });
+    let step = st.last_step.clone().expect("a step");
+    assert_eq!(step.cause, "periodic");
+    assert!(
+        (step.delta_ns - 60 * SEC).abs() < 2 * SEC,
+        "stepped by {} ns",
+        step.delta_ns
+    );
+    let evs = events_since(&b, n);
+    assert!(
+        !evs.iter().any(|k| matches!(k, EventKind::Posted { .. })),
+        "no command was involved: {evs:?}"
+    );
+    let r = probe(&b, 5);
+    assert!(
+        r.abs() < 1_000_000,
+        "guest − host {r} ns after the step\n{}",
+        dump(&b)
+    );
+}
+
 /// The device vanishes from the guest's PCI bus (hot-remove) and comes
 /// back (rescan): the agent logs it, reopens `resource0`, redoes the
 /// handshake, and the next `vmctl stop` is handled.

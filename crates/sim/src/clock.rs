@@ -13,6 +13,12 @@ pub trait HostClock: Send {
     /// Host `CLOCK_REALTIME` in ns since the epoch, BEFORE the simulator's own
     /// host offset ([`crate::Vmd::jump_host_clock`]) is applied.
     fn realtime_ns(&self) -> i64;
+    /// One reading of realtime as a program on the host gets it (vmd's
+    /// `gettimeofday()` for the time registers): [`Self::realtime_ns`] plus
+    /// whatever noise the clock has.
+    fn realtime_read_ns(&mut self) -> i64 {
+        self.realtime_ns()
+    }
     /// Monotonic time since an arbitrary origin.
     fn monotonic(&self) -> Duration;
 }
@@ -90,6 +96,66 @@ impl HostClock for ManualClock {
     }
 }
 
+/// A host clock that is not perfect: it runs `ppm` parts per million fast
+/// (negative: slow) against the clock it wraps, and every reading carries up
+/// to ±`jitter_ns` of noise. Real hosts run some tens of ppm off true time
+/// and their readings wobble; with this, drift is something the guest has
+/// to correct, not a constant offset. The rate error accumulates over the
+/// wrapped clock's monotonic time, so a [`ManualClock`] drives it too.
+pub struct SkewedClock {
+    inner: Box<dyn HostClock>,
+    ppm: f64,
+    jitter_ns: i64,
+    origin: Duration,
+    /// xorshift64 state: deterministic noise, no dependency.
+    noise: u64,
+}
+
+impl SkewedClock {
+    pub fn new(inner: Box<dyn HostClock>, ppm: f64, jitter_ns: i64) -> SkewedClock {
+        let origin = inner.monotonic();
+        SkewedClock {
+            inner,
+            ppm,
+            jitter_ns: jitter_ns.max(0),
+            origin,
+            noise: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    /// Rate error accumulated so far, ns (without the jitter).
+    pub fn skew_ns(&self) -> i64 {
+        let elapsed = self.inner.monotonic().saturating_sub(self.origin);
+        (elapsed.as_secs_f64() * self.ppm * 1e3) as i64
+    }
+
+    /// Uniform in [−jitter, +jitter].
+    fn jitter(&mut self) -> i64 {
+        if self.jitter_ns == 0 {
+            return 0;
+        }
+        let mut x = self.noise;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.noise = x;
+        let span = 2 * self.jitter_ns as u64 + 1;
+        (x % span) as i64 - self.jitter_ns
+    }
+}
+
+impl HostClock for SkewedClock {
+    fn realtime_ns(&self) -> i64 {
+        self.inner.realtime_ns().saturating_add(self.skew_ns())
+    }
+    fn realtime_read_ns(&mut self) -> i64 {
+        self.realtime_ns().saturating_add(self.jitter())
+    }
+    fn monotonic(&self) -> Duration {
+        self.inner.monotonic()
+    }
+}
+
 /// A duration in ns, saturated to `i64` (292 years).
 pub(crate) fn duration_ns(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
@@ -109,6 +175,23 @@ mod tests {
         c.set_realtime_ns(-5);
         assert_eq!(shared.realtime_ns(), -5);
         assert_eq!(shared.monotonic(), Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn skewed_clock_gains_its_ppm_and_jitters_within_bounds() {
+        let base = ManualClock::new(1_000_000_000_000);
+        let mut c = SkewedClock::new(Box::new(base.clone()), 50.0, 100_000);
+        base.advance(Duration::from_secs(600));
+        // 600 s at +50 ppm: 30 ms ahead.
+        assert_eq!(c.realtime_ns() - base.realtime_ns(), 30_000_000);
+        let reads: Vec<i64> = (0..1000)
+            .map(|_| c.realtime_read_ns() - c.realtime_ns())
+            .collect();
+        assert!(reads.iter().all(|j| j.abs() <= 100_000));
+        assert!(reads.iter().any(|j| *j > 50_000) && reads.iter().any(|j| *j < -50_000));
+        let mut slow = SkewedClock::new(Box::new(base.clone()), -20.0, 0);
+        base.advance(Duration::from_secs(100));
+        assert_eq!(slow.realtime_read_ns() - base.realtime_ns(), -2_000_000);
     }
 
     #[test]

@@ -237,8 +237,9 @@ impl Vmd {
             Register::Command => self.dev.cmd,
             Register::TimeSecLow => {
                 // The only read that takes a snapshot, truncated to whole µs
-                // like gettimeofday(); vmd stores tv_sec into a u32.
-                let host = self.host_now_ns();
+                // like gettimeofday(); vmd stores tv_sec into a u32. The
+                // one host reading that carries the clock's read noise.
+                let host = self.clock.realtime_read_ns().saturating_add(self.offset_ns);
                 self.dev.snap_sec = host.div_euclid(NANOS_PER_SEC);
                 self.dev.snap_usec = (host.rem_euclid(NANOS_PER_SEC) / 1_000) as u32;
                 self.dev.snap_sec as u32

@@ -38,6 +38,6 @@ mod device;
 mod event;
 
 pub use bar::{FaultInjector, SimBar};
-pub use clock::{HostClock, ManualClock, SystemClock};
+pub use clock::{HostClock, ManualClock, SkewedClock, SystemClock};
 pub use device::{ArmedTimer, StopRefused, TimerKind, Vmd, VmdConfig};
 pub use event::{AccessViolation, Event, EventKind, ViolationReason, VmEnd};

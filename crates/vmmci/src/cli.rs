@@ -106,6 +106,9 @@ pub struct DaemonArgs {
     /// Where the status file goes.
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
+    /// What to do to the clock: step-on-request, discipline or off.
+    #[arg(long, value_name = "MODE")]
+    pub clock_mode: Option<vmmci_agent::ClockMode>,
 }
 
 #[derive(Debug, Args)]
@@ -143,6 +146,17 @@ pub struct SimulateArgs {
     /// How long the simulated host sleeps (a suspend), in seconds.
     #[arg(long, default_value_t = 90, value_name = "SECONDS")]
     pub suspend: u32,
+    /// How fast the simulated host's clock runs against the guest's, ppm.
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        value_name = "PPM",
+        allow_negative_numbers = true
+    )]
+    pub host_ppm: f64,
+    /// What the agent does to the clock: step-on-request, discipline or off.
+    #[arg(long, value_name = "MODE")]
+    pub clock_mode: Option<vmmci_agent::ClockMode>,
 }
 
 #[cfg(test)]

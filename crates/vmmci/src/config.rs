@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+use vmmci_agent::{ClockMode, ClockPolicy};
 
 pub const DEFAULT_CONFIG: &str = "/etc/vmmci.toml";
 
@@ -30,6 +31,9 @@ pub struct Config {
     pub run_dir: PathBuf,
     pub debug: bool,
     pub power: PowerConfig,
+    pub clock: ClockConfig,
+    pub chrony: ChronyConfig,
+    pub metrics: MetricsConfig,
     /// Where PCI devices are listed; from `--sysfs-root`, not the file.
     #[serde(skip)]
     pub sysfs_root: PathBuf,
@@ -44,6 +48,54 @@ pub struct PowerConfig {
     pub poweroff: Vec<String>,
 }
 
+/// `[clock]`: what the agent does to the guest clock.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClockConfig {
+    #[serde(deserialize_with = "de_mode")]
+    pub mode: ClockMode,
+    #[serde(deserialize_with = "de_duration")]
+    pub step_threshold: Duration,
+}
+
+impl Default for ClockConfig {
+    fn default() -> Self {
+        let p = ClockPolicy::default();
+        ClockConfig {
+            mode: p.mode,
+            step_threshold: p.step_threshold,
+        }
+    }
+}
+
+impl ClockConfig {
+    pub fn policy(&self) -> ClockPolicy {
+        ClockPolicy {
+            mode: self.mode,
+            step_threshold: self.step_threshold,
+        }
+    }
+}
+
+/// `[chrony]`: feed every sample to chronyd's SOCK refclock.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChronyConfig {
+    /// The path in chrony.conf's `refclock SOCK` line.
+    pub socket: Option<PathBuf>,
+}
+
+/// `[metrics]`: Prometheus text for node_exporter's textfile collector.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// A `.prom` file in the collector's directory.
+    pub textfile: Option<PathBuf>,
+}
+
+pub const MIN_STEP_THRESHOLD: Duration = Duration::from_millis(1);
+pub const MAX_STEP_THRESHOLD: Duration = Duration::from_secs(600);
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -54,6 +106,9 @@ impl Default for Config {
             run_dir: PathBuf::from(vmmci_report::DEFAULT_RUN_DIR),
             debug: false,
             power: PowerConfig::default(),
+            clock: ClockConfig::default(),
+            chrony: ChronyConfig::default(),
+            metrics: MetricsConfig::default(),
             sysfs_root: PathBuf::from(vmmci_transport::discover::SYSFS_PCI_DEVICES),
         }
     }
@@ -143,6 +198,35 @@ impl Config {
                 ),
             );
         }
+        let threshold = self.clock.step_threshold;
+        if !(MIN_STEP_THRESHOLD..=MAX_STEP_THRESHOLD).contains(&threshold) {
+            return invalid(
+                "clock.step_threshold",
+                format!("{threshold:?} is outside {MIN_STEP_THRESHOLD:?}..={MAX_STEP_THRESHOLD:?}"),
+            );
+        }
+        if let Some(sock) = &self.chrony.socket {
+            if !sock.is_absolute() {
+                return invalid(
+                    "chrony.socket",
+                    format!(
+                        "{} is not an absolute path; use the path of chrony.conf's `refclock SOCK` line",
+                        sock.display()
+                    ),
+                );
+            }
+        }
+        if let Some(file) = &self.metrics.textfile {
+            if !file.is_absolute() || file.extension().is_none_or(|e| e != "prom") {
+                return invalid(
+                    "metrics.textfile",
+                    format!(
+                        "{}: must be an absolute path ending in .prom (node_exporter's textfile collector reads only *.prom)",
+                        file.display()
+                    ),
+                );
+            }
+        }
         for (key, argv) in [
             ("power.reboot", &self.power.reboot),
             ("power.poweroff", &self.power.poweroff),
@@ -179,6 +263,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("invalid duration {text:?}: too long"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+fn de_mode<'de, D: Deserializer<'de>>(d: D) -> Result<ClockMode, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -223,10 +312,27 @@ debug = true
 [power]
 reboot = ["/sbin/openrc-shutdown", "-r", "now"]
 poweroff = ["/sbin/openrc-shutdown", "-p", "now"]
+
+[clock]
+mode = "discipline"
+step_threshold = "500ms"
+
+[chrony]
+socket = "/run/chrony.vmmci.sock"
+
+[metrics]
+textfile = "/var/lib/prometheus/node-exporter/vmmci.prom"
 "#,
         )
         .unwrap();
         c.validate().unwrap();
+        assert_eq!(c.clock.mode, ClockMode::Discipline);
+        assert_eq!(c.clock.step_threshold, Duration::from_millis(500));
+        assert_eq!(
+            c.chrony.socket.as_deref(),
+            Some(Path::new("/run/chrony.vmmci.sock"))
+        );
+        assert!(c.metrics.textfile.is_some());
         assert_eq!(c.device.as_deref(), Some("0000:00:05.0"));
         assert_eq!(c.poll_interval, Duration::from_millis(100));
         assert_eq!(c.grace, Duration::from_secs(40));
@@ -246,6 +352,11 @@ poweroff = ["/sbin/openrc-shutdown", "-p", "now"]
         assert!(err.contains("use a number"), "{err}");
         let err = Config::parse("[power]\nreboot = \"reboot\"\n").unwrap_err();
         assert!(err.contains("line 2") && err.contains("reboot"), "{err}");
+        let err = Config::parse("[clock]\nmode = \"slew\"\n").unwrap_err();
+        assert!(
+            err.contains("line 2") && err.contains("discipline"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -272,6 +383,19 @@ poweroff = ["/sbin/openrc-shutdown", "-p", "now"]
             .unwrap_err()
             .to_string()
             .contains("power.reboot"));
+        let mut c = Config::default();
+        c.clock.step_threshold = Duration::ZERO;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("step_threshold"));
+        let mut c = Config::default();
+        c.metrics.textfile = Some("/var/lib/node-exporter/vmmci.txt".into());
+        assert!(c.validate().unwrap_err().to_string().contains(".prom"));
+        let mut c = Config::default();
+        c.chrony.socket = Some("chrony.sock".into());
+        assert!(c.validate().unwrap_err().to_string().contains("absolute"));
     }
 
     #[test]

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 use vmmci_actions::{InitPower, SystemClock};
-use vmmci_agent::{Agent, AgentConfig, GuestClock, Power};
-use vmmci_report::{read_status, write_status, ProcessInfo, Status};
+use vmmci_agent::{Agent, AgentConfig, DriftPoint, GuestClock, Power};
+use vmmci_report::chrony::ChronySock;
+use vmmci_report::{metrics, read_status, write_status, ProcessInfo, Status};
 use vmmci_transport::RegisterIo;
 
 use crate::cli::DaemonArgs;
@@ -30,6 +31,7 @@ fn apply_flags(mut config: Config, args: &DaemonArgs) -> Result<Config, CliError
     if let Some(dir) = &args.run_dir {
         config.run_dir = dir.clone();
     }
+    config.clock.mode = args.clock_mode.unwrap_or(config.clock.mode);
     config.validate()?;
     Ok(config)
 }
@@ -67,16 +69,16 @@ pub fn run(
         poweroff: config.power.poweroff.clone(),
     };
     let agent = Agent::new(dev.bar, SystemClock, power, agent_config(&config)).with_latch(latch);
-    let reporter = Reporter {
-        run_dir: config.run_dir.clone(),
-        info: ProcessInfo {
+    let mut reporter = Reporter::new(
+        config.run_dir.clone(),
+        ProcessInfo {
             device: dev.pci.bdf.clone(),
             started_at_ns: SystemClock.now_ns(),
             boot_id,
             ..ProcessInfo::default()
         },
-        failing: false,
-    };
+    );
+    reporter.configure(&config);
     let stop = Arc::new(AtomicBool::new(false));
     let hup = Arc::new(AtomicBool::new(false));
     for (sig, flag) in [
@@ -88,7 +90,7 @@ pub fn run(
             .map_err(|e| CliError::Failed(format!("cannot install signal handler: {e}")))?;
     }
     let sysfs_root = config.sysfs_root.clone();
-    let reload = |agent: &mut Agent<_, _, InitPower>| {
+    let reload = |agent: &mut Agent<_, _, InitPower>, reporter: &mut Reporter| {
         // A bad new config keeps the old one: the agent must keep serving.
         let loaded = Config::load(config_path, named)
             .map_err(CliError::from)
@@ -104,6 +106,7 @@ pub fn run(
         match loaded {
             Ok(new) => {
                 agent.reconfigure(agent_config(&new));
+                reporter.configure(&new);
                 *agent.power_mut() = InitPower {
                     reboot: new.power.reboot.clone(),
                     poweroff: new.power.poweroff.clone(),
@@ -177,6 +180,7 @@ pub fn agent_config(config: &Config) -> AgentConfig {
         sample_interval: config.sample_interval,
         grace: config.grace,
         not_before_sec: crate::not_before_sec(),
+        clock: config.clock.policy(),
         ..AgentConfig::default()
     }
 }
@@ -187,18 +191,76 @@ fn previous_latch(run_dir: &Path, boot_id: Option<&str>) -> Option<u32> {
     (old.boot_id.is_some() && old.boot_id.as_deref() == boot_id).then_some(old.latched_command?)
 }
 
-/// Writes the status file; says once when it cannot, and keeps the agent
-/// serving the device either way (status is a view, not the job).
+/// Writes the status file and the metrics, feeds chrony; says once when it
+/// cannot, and keeps the agent serving the device either way (these are
+/// views, not the job).
 struct Reporter {
     run_dir: std::path::PathBuf,
     info: ProcessInfo,
     failing: bool,
+    metrics: Option<std::path::PathBuf>,
+    metrics_failing: bool,
+    chrony: Option<ChronySock>,
 }
 
 impl Reporter {
+    fn new(run_dir: std::path::PathBuf, info: ProcessInfo) -> Reporter {
+        Reporter {
+            run_dir,
+            info,
+            failing: false,
+            metrics: None,
+            metrics_failing: false,
+            chrony: None,
+        }
+    }
+
+    /// Take the metrics path and the chrony socket from `config` (at start
+    /// and on SIGHUP).
+    fn configure(&mut self, config: &Config) {
+        self.metrics = config.metrics.textfile.clone();
+        let socket = config.chrony.socket.as_deref();
+        if self.chrony.as_ref().map(|c| c.path()) != socket {
+            self.chrony = socket.map(ChronySock::new);
+        }
+        self.info.chrony = self.chrony.as_ref().map(|c| c.state().to_string());
+    }
+
+    /// Send a sample to chrony's refclock socket, when configured.
+    fn feed(&mut self, point: &DriftPoint) {
+        let Some(chrony) = self.chrony.as_mut() else {
+            return;
+        };
+        if let Some(state) = chrony.send(point) {
+            if state.starts_with("sending") {
+                info!("chrony: {state}");
+            } else {
+                warn!("chrony: {state}");
+            }
+        }
+        self.info.chrony = Some(chrony.state().to_string());
+    }
+
+    /// chronyd, when it listens on the refclock socket: it then has the
+    /// clock (its own files may be hidden from this unit).
+    fn fed_daemon(&self) -> Option<String> {
+        let c = self.chrony.as_ref().filter(|c| c.listening())?;
+        Some(format!("chronyd (fed through {})", c.path().display()))
+    }
+
     fn write<B: RegisterIo, C: GuestClock, P: Power>(&mut self, agent: &Agent<B, C, P>) {
         self.info.now_ns = SystemClock.now_ns();
         let status = Status::from_snapshot(&agent.snapshot(), &self.info);
+        if let Some(path) = &self.metrics {
+            match metrics::write_textfile(path, &status) {
+                Ok(()) => self.metrics_failing = false,
+                Err(e) if !self.metrics_failing => {
+                    warn!("cannot write metrics to {}: {e}", path.display());
+                    self.metrics_failing = true;
+                }
+                Err(_) => {}
+            }
+        }
         match write_status(&self.run_dir, &status) {
             Ok(()) if self.failing => {
                 info!("status is written again in {}", self.run_dir.display());
@@ -220,7 +282,7 @@ fn serve<B: RegisterIo, C: GuestClock, P: Power>(
     mut agent: Agent<B, C, P>,
     mut reporter: Reporter,
     signals: Signals,
-    mut reload: impl FnMut(&mut Agent<B, C, P>),
+    mut reload: impl FnMut(&mut Agent<B, C, P>, &mut Reporter),
 ) -> Result<ExitCode, CliError> {
     let stop = signals.stop;
     agent.handshake()?;
@@ -232,7 +294,7 @@ fn serve<B: RegisterIo, C: GuestClock, P: Power>(
     let mut last_report = Duration::ZERO;
     while !stop.load(Ordering::Relaxed) {
         if signals.hup.swap(false, Ordering::Relaxed) {
-            reload(&mut agent);
+            reload(&mut agent, &mut reporter);
             reporter.write(&agent);
         }
         let now = start.elapsed();
@@ -249,6 +311,10 @@ fn serve<B: RegisterIo, C: GuestClock, P: Power>(
                 if last_error.take().is_some() {
                     info!("device answers again; handshake redone");
                     reporter.info.last_error = None;
+                }
+                if let Some(point) = &tick.sampled {
+                    reporter.feed(point);
+                    agent.set_fed_daemon(reporter.fed_daemon());
                 }
                 if tick.handled.is_some()
                     || tick.sampled.is_some()
@@ -359,21 +425,30 @@ mod tests {
                 power.clone(),
                 agent_config(&config),
             );
-            let reporter = Reporter {
-                run_dir: run_dir.to_path_buf(),
-                info: ProcessInfo {
+            let mut reporter = Reporter::new(
+                run_dir.to_path_buf(),
+                ProcessInfo {
                     device: "simulator".into(),
                     ..ProcessInfo::default()
                 },
-                failing: false,
-            };
+            );
+            reporter.configure(&Config {
+                metrics: crate::config::MetricsConfig {
+                    textfile: Some(run_dir.join("vmmci.prom")),
+                },
+                chrony: crate::config::ChronyConfig {
+                    socket: Some(run_dir.join("chrony.sock")),
+                },
+                ..Config::default()
+            });
             let (stop, hup) = (
                 Arc::new(AtomicBool::new(false)),
                 Arc::new(AtomicBool::new(false)),
             );
             let (s, h) = (stop.clone(), hup.clone());
             let thread = std::thread::spawn(move || {
-                let reload = |a: &mut Agent<SimBar, FakeGuestClock, RecordingPower>| {
+                let reload = |a: &mut Agent<SimBar, FakeGuestClock, RecordingPower>,
+                              _: &mut Reporter| {
                     let c = Config {
                         poll_interval: Duration::from_millis(30),
                         ..Config::default()
@@ -444,6 +519,13 @@ mod tests {
         assert!(s.drift_ns.is_some(), "drift sampled at start");
         assert_eq!(s.latched_command, Some(Command::REBOOT));
 
+        let prom = std::fs::read_to_string(dir.path().join("vmmci.prom")).unwrap();
+        for want in ["vmmci_up 1", "vmmci_commands_total{command=\"reboot\"} 1"] {
+            assert!(prom.contains(want), "{want} not in\n{prom}");
+        }
+        let chrony = s.clock.chrony.unwrap_or_default();
+        assert!(chrony.contains("is chronyd running"), "{chrony}");
+
         r.hup.store(true, Ordering::Relaxed);
         r.wait("the reload", |_| {
             read_status(dir.path()).is_ok_and(|s| s.poll_interval_ms == 30)
@@ -487,6 +569,35 @@ mod tests {
         r.vmd().vmctl_stop().unwrap();
         r.wait("the stop to be handled", |r| !r.power.calls().is_empty());
         assert_eq!(r.power.calls(), vec![PowerCall::Begin(PowerAction::Reboot)]);
+        r.stop();
+    }
+
+    /// Every sample reaches chrony's refclock socket as a sock_sample.
+    #[test]
+    fn samples_reach_the_chrony_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let chronyd =
+            std::os::unix::net::UnixDatagram::bind(dir.path().join("chrony.sock")).unwrap();
+        chronyd
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let r = Running::start(dir.path());
+        let mut buf = [0u8; 64];
+        let n = chronyd.recv(&mut buf).expect("a sample within 10 s");
+        assert_eq!(n, vmmci_report::chrony::SAMPLE_LEN);
+        let magic = i32::from_ne_bytes(buf[36..40].try_into().unwrap());
+        assert_eq!(magic, vmmci_report::chrony::SOCK_MAGIC);
+        let offset = f64::from_ne_bytes(buf[16..24].try_into().unwrap());
+        assert!(
+            offset.abs() < 0.1,
+            "host and guest share this machine's clock: {offset}"
+        );
+        r.wait("status to say so", |_| {
+            read_status(dir.path())
+                .ok()
+                .and_then(|s| s.clock.chrony)
+                .is_some_and(|c| c.starts_with("sending"))
+        });
         r.stop();
     }
 
