@@ -232,7 +232,7 @@ impl Reporter {
             return;
         };
         if let Some(state) = chrony.send(point) {
-            if state.starts_with("sending") {
+            if chrony.listening() {
                 info!("chrony: {state}");
             } else {
                 warn!("chrony: {state}");
