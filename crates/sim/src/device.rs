@@ -1,6 +1,6 @@
 //! The vmmci device and the bits of vmd around it (`vmmci_ctl`, `vmmci_ack`,
 //! the one timeout timer, the RTC tick, stop/reset handling), as written down
-//! in `shared/docs/vmd-vmmci.md`.
+//! in `docs/protocol.md`.
 //!
 //! Time-driven things (the timer, the 1 s RTC tick) are evaluated lazily: at
 //! the start of every BAR access, every host call and [`Vmd::poll`], in the
@@ -161,8 +161,42 @@ pub struct Vmd {
     events: Vec<Event>,
     violations: Vec<AccessViolation>,
     status_writes: Vec<u8>,
+    /// The same writes with their times (since [`Vmd::new`]).
+    status_writes_at: Vec<(Duration, u8)>,
     probe_writes: Vec<(i64, u32)>,
+    command_writes: Vec<(Duration, u32)>,
     accesses: u64,
+    /// Host actions a test has timed against the guest's accesses.
+    scheduled: Vec<Scheduled>,
+}
+
+/// Something vmd or vmctl does on its own, at a moment a test picks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostAction {
+    /// [`Vmd::vmctl_stop`].
+    VmctlStop,
+    /// [`Vmd::request_shutdown`].
+    RequestShutdown,
+    /// [`Vmd::request_syncrtc`].
+    RequestSyncRtc,
+}
+
+/// When a scheduled [`HostAction`] runs, counted in guest accesses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessTrigger {
+    /// Just before the guest's next access once this many more accesses
+    /// have completed (0: before the very next one).
+    After(u64),
+    /// Just before the guest's next access to this register (read or write).
+    Before(Register),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Scheduled {
+    trigger: AccessTrigger,
+    /// `accesses` when it was scheduled.
+    base: u64,
+    action: HostAction,
 }
 
 impl fmt::Debug for Vmd {
@@ -198,8 +232,11 @@ impl Vmd {
             events: Vec::new(),
             violations: Vec::new(),
             status_writes: Vec::new(),
+            status_writes_at: Vec::new(),
             probe_writes: Vec::new(),
+            command_writes: Vec::new(),
             accesses: 0,
+            scheduled: Vec::new(),
         }
     }
 
@@ -210,6 +247,7 @@ impl Vmd {
     /// `inb` keeps the low byte); an undecoded offset gives the guest's
     /// previous EAX. A dead VM reads all ones.
     pub fn bar_read(&mut self, offset: u64, size: u8) -> u32 {
+        self.run_scheduled(offset);
         let now = self.advance();
         let mask = size_mask(size);
         if self.ended.is_some() {
@@ -257,6 +295,7 @@ impl Vmd {
     /// vmd receives it: vmd ignores the size, so bits above `size` count.
     /// Writes to a dead VM are dropped and recorded nowhere.
     pub fn bar_write(&mut self, offset: u64, size: u8, value: u32) {
+        self.run_scheduled(offset);
         let now = self.advance();
         if self.ended.is_some() {
             return;
@@ -282,6 +321,8 @@ impl Vmd {
             Register::DeviceStatus => {
                 self.dev.status = value as u8;
                 self.status_writes.push(value as u8);
+                let at = now.saturating_sub(self.origin);
+                self.status_writes_at.push((at, value as u8));
                 // Worth a line only when something outlives the "reset".
                 let live =
                     self.dev.cmd != Command::NONE || self.dev.isr != 0 || self.dev.timer.is_some();
@@ -290,7 +331,11 @@ impl Vmd {
                     self.log(now, EventKind::StatusZero { pending });
                 }
             }
-            Register::Command => self.ack(value, now),
+            Register::Command => {
+                let at = now.saturating_sub(self.origin);
+                self.command_writes.push((at, value));
+                self.ack(value, now);
+            }
             Register::TimeSecLow
             | Register::TimeSecHigh
             | Register::TimeUsecLow
@@ -374,11 +419,18 @@ impl Vmd {
         self.next_tick = now.saturating_add(RTC_TICK);
     }
 
-    /// The guest halted. vmd does not see a halt: nothing ends by itself.
+    /// The guest executed HLT with interrupts off: how a Linux power-off or
+    /// halt ends on vmd, which has no ACPI (`stop_this_cpu()`: `cli; hlt`).
+    /// vmm(4)'s `vmx_handle_hlt`/`svm_handle_hlt` return EIO, vmd's vcpu
+    /// loop fails and the VM is ended at once, not restarted, whether or not
+    /// a stop is in progress, whatever timer is armed and whether or not the
+    /// guest wrote anything to COMMAND ([`VmEnd::Halted`]; vmd logs a failed
+    /// vcpu, not a clean stop).
     pub fn guest_poweroff_halt(&mut self) {
         let now = self.advance();
         if self.ended.is_none() {
             self.log(now, EventKind::GuestHalted);
+            self.end(VmEnd::Halted, now);
         }
     }
 
@@ -388,6 +440,43 @@ impl Vmd {
     /// timer (its firing ends the VM).
     pub fn poll(&mut self) {
         self.advance();
+    }
+
+    /// Test hook: run `action` at a moment defined by the guest's own
+    /// accesses, so a test can put a host request between any two register
+    /// accesses of the agent (the host can act at any instant).
+    pub fn schedule(&mut self, trigger: AccessTrigger, action: HostAction) {
+        self.scheduled.push(Scheduled {
+            trigger,
+            base: self.accesses,
+            action,
+        });
+    }
+
+    /// Host actions scheduled and not yet run.
+    pub fn scheduled(&self) -> usize {
+        self.scheduled.len()
+    }
+
+    fn run_scheduled(&mut self, offset: u64) {
+        if self.scheduled.is_empty() || self.ended.is_some() {
+            return;
+        }
+        let (accesses, reg) = (self.accesses, Register::at(offset));
+        let (due, keep): (Vec<Scheduled>, Vec<Scheduled>) =
+            self.scheduled.drain(..).partition(|s| match s.trigger {
+                AccessTrigger::After(n) => accesses >= s.base.saturating_add(n),
+                AccessTrigger::Before(r) => reg == Some(r),
+            });
+        self.scheduled = keep;
+        for s in due {
+            // A refused or repeated request is logged by the call itself.
+            let _ = match s.action {
+                HostAction::VmctlStop => self.vmctl_stop().is_ok(),
+                HostAction::RequestShutdown => self.request_shutdown().is_ok(),
+                HostAction::RequestSyncRtc => self.request_syncrtc(),
+            };
+        }
     }
 
     // ---- inspection ----
@@ -461,9 +550,22 @@ impl Vmd {
         &self.status_writes
     }
 
+    /// [`Vmd::status_writes`] with the time of each (since [`Vmd::new`]):
+    /// e.g. when the guest's driver set DRIVER_OK.
+    pub fn status_writes_at(&self) -> &[(Duration, u8)] {
+        &self.status_writes_at
+    }
+
     /// Writes to QUEUE_ADDRESS: (host time at the write in ns, value).
     pub fn probe_writes(&self) -> &[(i64, u32)] {
         &self.probe_writes
+    }
+
+    /// Every guest write to COMMAND while the VM ran, whatever its value (a
+    /// NONE write leaves no line in the log): (time since [`Vmd::new`],
+    /// value), in order, kept across a VM restart.
+    pub fn command_writes(&self) -> &[(Duration, u32)] {
+        &self.command_writes
     }
 
     pub fn config(&self) -> &VmdConfig {
@@ -547,7 +649,9 @@ impl Vmd {
         match cmd {
             Command::None => {}
             Command::Shutdown if self.dev.cmd == Command::NONE => {
-                // The guest's power-down signal.
+                // A guest-initiated power-down (OpenBSD's driver writes it
+                // at the end of its power-down; a Linux guest has no use
+                // for it: its halt ends the VM, see guest_poweroff_halt).
                 let t = self.config.ack_timeout;
                 self.arm(TimerKind::PowerDown, now, t);
                 self.log(now, EventKind::GuestShutdown { timeout: t });
@@ -744,6 +848,19 @@ mod tests {
     }
 
     #[test]
+    fn status_writes_carry_their_time() {
+        let (mut v, c) = sim();
+        c.advance(secs(1.5));
+        handshake(&mut v, 0x7);
+        let at: Vec<(Duration, u8)> = v.status_writes_at().to_vec();
+        assert_eq!(
+            at,
+            [0u8, 1, 3, 7].map(|s| (secs(1.5), s)).to_vec(),
+            "times since Vmd::new, the values as status_writes()"
+        );
+    }
+
+    #[test]
     fn stop_before_driver_ok_is_refused_and_ends_the_vm() {
         let (mut v, _) = sim();
         v.bar_write(Register::DEVICE_STATUS, 1, 1 | 2);
@@ -850,18 +967,82 @@ mod tests {
     }
 
     #[test]
-    fn a_halting_guest_sits_until_the_long_timeout() {
+    fn a_halt_while_stopping_ends_the_vm_at_once_as_a_failed_vcpu() {
+        // A guest that halts instead of rebooting on `vmctl stop`: the VM
+        // ends at the HLT, not at the long timeout, and not as a clean stop.
         let (mut v, c) = ready();
         v.vmctl_stop().unwrap();
         ack(&mut v, Command::REBOOT);
+        c.advance(secs(7.0));
         v.guest_poweroff_halt();
-        c.advance(secs(60.0));
+        assert_eq!(v.ended(), Some(VmEnd::Halted));
+        assert_eq!(v.armed_timer(), None);
+        assert!(!v.irq_asserted());
+        let last: Vec<_> = v.events().iter().rev().take(2).collect();
+        assert_eq!(last[0].kind, EventKind::Ended(VmEnd::Halted));
+        assert_eq!(last[1].kind, EventKind::GuestHalted);
+        assert_eq!(last[0].at, secs(7.0));
+        assert!(has_event(&v, "guest HLT with interrupts off"));
+        // Nothing later changes how it ended.
+        c.advance(secs(200.0));
         v.poll();
-        assert_eq!(v.ended(), None);
-        c.advance(secs(60.0));
+        v.guest_reset();
+        v.guest_poweroff_halt();
+        assert_eq!(v.ended(), Some(VmEnd::Halted));
+        assert_eq!(v.vmctl_stop(), Err(StopRefused::NotRunning(VmEnd::Halted)));
+    }
+
+    #[test]
+    fn a_halt_with_nothing_going_on_ends_the_vm_at_once() {
+        // A Linux `poweroff` or `halt` on vmd (no ACPI): no write to COMMAND
+        // is needed for the VM to end, and no timer is involved.
+        let (mut v, c) = ready();
+        c.advance(secs(30.0));
+        v.guest_poweroff_halt();
+        assert_eq!(v.ended(), Some(VmEnd::Halted));
+        assert!(v.command_writes().is_empty());
+        assert_eq!(v.events().last().unwrap().at, secs(30.0));
+    }
+
+    #[test]
+    fn a_halt_ends_the_vm_before_the_power_down_timer_fires() {
+        // A guest SHUTDOWN write arms the 3 s kill; the halt 1 s later ends
+        // the VM then, as Halted: the write bought nothing.
+        let (mut v, c) = ready();
+        ack(&mut v, Command::SHUTDOWN);
+        assert_eq!(v.armed_timer().map(|t| t.kind), Some(TimerKind::PowerDown));
+        c.advance(secs(1.0));
+        v.guest_poweroff_halt();
+        assert_eq!(v.ended(), Some(VmEnd::Halted));
+        c.advance(secs(5.0));
         v.poll();
-        assert_eq!(v.ended(), Some(VmEnd::LongTimeout));
-        assert!(has_event(&v, "guest halted"));
+        assert_eq!(v.ended(), Some(VmEnd::Halted));
+    }
+
+    #[test]
+    fn a_halt_without_driver_ok_ends_the_vm_too() {
+        // vmm ends it, not vmmci: no agent is needed.
+        let (mut v, _c) = sim();
+        v.guest_poweroff_halt();
+        assert_eq!(v.ended(), Some(VmEnd::Halted));
+    }
+
+    #[test]
+    fn every_command_write_is_recorded_even_none() {
+        let (mut v, c) = ready();
+        c.advance(secs(2.0));
+        ack(&mut v, Command::NONE);
+        ack(&mut v, 9);
+        v.request_syncrtc();
+        ack(&mut v, Command::SYNCRTC);
+        assert_eq!(
+            v.command_writes(),
+            &[
+                (secs(2.0), Command::NONE),
+                (secs(2.0), 9),
+                (secs(2.0), Command::SYNCRTC)
+            ]
+        );
     }
 
     #[test]

@@ -17,6 +17,10 @@ pub enum VmEnd {
     LongTimeout,
     /// The guest wrote SHUTDOWN with nothing pending; vmd ended it 3 s later.
     PowerDown,
+    /// The guest executed HLT with interrupts off (how a Linux power-off or
+    /// halt ends without ACPI): vmm(4) returns EIO, the vcpu fails and vmd
+    /// ends the VM at once, stopping or not. vmd logs a failed vcpu.
+    Halted,
     /// A non-forced stop before the guest set DRIVER_OK: vmd ends it at once.
     Refused,
     /// `vmctl stop -f`.
@@ -30,6 +34,7 @@ impl fmt::Display for VmEnd {
             VmEnd::AckTimeout => "ack timeout",
             VmEnd::LongTimeout => "long timeout (acknowledged, but no reset)",
             VmEnd::PowerDown => "guest power-down",
+            VmEnd::Halted => "guest halted with interrupts off: vcpu failed (vmm EIO)",
             VmEnd::Refused => "stop refused (no DRIVER_OK), ended at once",
             VmEnd::Forced => "forced stop",
         })
@@ -101,7 +106,8 @@ pub enum EventKind {
     RtcNoResync { secs: i64 },
     /// The guest reset with no stop in progress: vmd restarts the VM.
     GuestReset,
-    /// The guest halted; vmd cannot see that.
+    /// The guest executed HLT with interrupts off: vmm(4) fails the vcpu
+    /// run with EIO. Always followed by [`EventKind::Ended`]`(`[`VmEnd::Halted`]`)`.
     GuestHalted,
     /// The VM is gone.
     Ended(VmEnd),
@@ -180,7 +186,7 @@ impl fmt::Display for EventKind {
             ),
             EventKind::GuestReset => write!(f, "vmd: VM reset, restarting (fresh vmmci device)"),
             EventKind::GuestHalted => {
-                write!(f, "guest halted (vmd does not see it; the VM keeps running)")
+                write!(f, "vcpu_run_loop: vcpu run failed (EIO): guest HLT with interrupts off")
             }
             EventKind::Ended(end) => write!(f, "VM ended: {end}"),
         }
@@ -271,6 +277,10 @@ mod tests {
         };
         assert_eq!(end.to_string(), "VM ended: ack timeout");
         assert_eq!(format!("{end:#}"), "[     3.000] VM ended: ack timeout");
+        assert_eq!(
+            EventKind::Ended(VmEnd::Halted).to_string(),
+            "VM ended: guest halted with interrupts off: vcpu failed (vmm EIO)"
+        );
         assert_eq!(
             EventKind::RtcDrift { secs: 91 }.to_string(),
             "rtc_fire1: RTC clock drift (91s), requesting guest resync"

@@ -1,5 +1,5 @@
 //! An in-process simulator of OpenBSD vmd's vmmci device, held to
-//! `shared/docs/vmd-vmmci.md`, quirks included.
+//! `docs/protocol.md`, quirks included.
 //!
 //! - [`Vmd`] is the device plus the vmd logic around it: the guest side is
 //!   [`Vmd::bar_read`]/[`Vmd::bar_write`] (offset within BAR0, 1/2/4 bytes),
@@ -39,5 +39,5 @@ mod event;
 
 pub use bar::{FaultInjector, SimBar};
 pub use clock::{HostClock, ManualClock, SkewedClock, SystemClock};
-pub use device::{ArmedTimer, StopRefused, TimerKind, Vmd, VmdConfig};
+pub use device::{AccessTrigger, ArmedTimer, HostAction, StopRefused, TimerKind, Vmd, VmdConfig};
 pub use event::{AccessViolation, Event, EventKind, ViolationReason, VmEnd};
