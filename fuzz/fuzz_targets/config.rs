@@ -15,7 +15,7 @@ use libfuzzer_sys::fuzz_target;
 #[path = "../../crates/vmmci/src/config.rs"]
 mod config;
 
-use config::{parse_duration, Config, MAX_GRACE, MAX_POLL_INTERVAL, MIN_POLL_INTERVAL};
+use config::{parse_duration, Config, MAX_FORCE_AFTER, MAX_POLL_INTERVAL, MIN_POLL_INTERVAL};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -37,9 +37,13 @@ fuzz_target!(|data: &[u8]| {
             config.poll_interval
         );
         assert!(config.sample_interval >= Duration::from_secs(1));
-        assert!(config.grace <= MAX_GRACE);
+        assert!(config.grace <= config.force_after && config.force_after <= MAX_FORCE_AFTER);
         assert!(config.power.reboot.first().is_some_and(|p| !p.is_empty()));
         assert!(config.power.poweroff.first().is_some_and(|p| !p.is_empty()));
+        // Every hook ends well inside vmd's budgets.
+        let hooks = config.hooks.settings();
+        assert!(hooks.timeout <= vmmci_actions::hooks::MAX_HOOK_TIMEOUT);
+        assert!(hooks.dir.as_deref().is_none_or(|d| d.is_absolute()));
     }
     // Parsing is a pure function of the text.
     assert_eq!(Config::parse(text).ok(), Some(config));

@@ -167,8 +167,9 @@ impl Power for RecordingPower {
         }
         Ok(())
     }
-    fn sync_disks(&mut self) {
+    fn sync_disks(&mut self, _wait: std::time::Duration) -> bool {
         self.record(PowerCall::Sync);
+        true
     }
     fn force(&mut self, action: PowerAction) -> Result<(), PowerError> {
         self.record(PowerCall::Force(action));

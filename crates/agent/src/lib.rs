@@ -10,12 +10,14 @@ mod agent;
 mod discipline;
 mod drift;
 pub mod fakes;
+mod report;
 mod world;
 
-pub use agent::{
-    fmt_bound, fmt_ns, Agent, AgentConfig, AgentError, ClockDecision, ClockReport, CommandCounts,
-    CommandRecord, Handled, Outcome, Snapshot, State, StepCause, StepRecord, Tick,
-};
+pub use agent::{Agent, AgentConfig, AgentError, State};
 pub use discipline::{ClockMode, ClockPolicy, Servo, DEFAULT_STEP_THRESHOLD, MAX_FREQUENCY_PPM};
 pub use drift::{DriftPoint, DriftTracker};
+pub use report::{
+    fmt_bound, fmt_ns, ClockDecision, ClockReport, CommandCounts, CommandRecord, Handled, Outcome,
+    Snapshot, StepCause, StepRecord, Tick,
+};
 pub use world::{ClockError, GuestClock, Power, PowerAction, PowerError};

@@ -58,8 +58,10 @@ pub trait Power {
     /// Start an orderly reboot or power-off through the init system and
     /// return once it is under way.
     fn begin(&mut self, action: PowerAction) -> Result<(), PowerError>;
-    /// Flush file system buffers (before a forced action).
-    fn sync_disks(&mut self);
+    /// Flush file system buffers, waiting at most `wait` (a hung sync(2),
+    /// e.g. on a dead network file system, must not stop the agent from
+    /// serving the device). True if it finished in time.
+    fn sync_disks(&mut self, wait: std::time::Duration) -> bool;
     /// The orderly path failed or did not finish in time: do it now, as the
     /// kernel's `orderly_reboot`/`orderly_poweroff` fallback does.
     fn force(&mut self, action: PowerAction) -> Result<(), PowerError>;
@@ -94,8 +96,8 @@ impl<T: Power + ?Sized> Power for &mut T {
     fn begin(&mut self, action: PowerAction) -> Result<(), PowerError> {
         (**self).begin(action)
     }
-    fn sync_disks(&mut self) {
-        (**self).sync_disks()
+    fn sync_disks(&mut self, wait: std::time::Duration) -> bool {
+        (**self).sync_disks(wait)
     }
     fn force(&mut self, action: PowerAction) -> Result<(), PowerError> {
         (**self).force(action)
