@@ -1,13 +1,20 @@
 //! The real world behind the agent's traits, for `vmmci daemon` only:
 //! [`SystemClock`] steps and slews the guest's CLOCK_REALTIME (and sees
 //! other time daemons, [`time_daemons`]), [`InitPower`] asks the
-//! init system to reboot or power off and forces it with `reboot(2)` when
-//! that does not work, and [`privilege`] drops what the daemon does not need.
+//! init system to reboot or power off (or signals PID 1 when its command is
+//! missing or fails), syncs and forces it with `reboot(2)` when that does
+//! not finish in time, [`privilege`] drops what the daemon does not need,
+//! and [`clocksource`] reads what the kernel and the CPU say about the clock.
+//! [`hooks`] runs the administrator's programs around host events
+//! ([`HookedPower`]: before a reboot or power-off, off the agent's loop).
 
 mod clock;
+pub mod clocksource;
+pub mod hooks;
 mod power;
 pub mod privilege;
 pub mod time_daemons;
 
 pub use clock::SystemClock;
-pub use power::{resolve_argv, InitPower, DEFAULT_POWEROFF, DEFAULT_REBOOT};
+pub use hooks::{HookEvent, HookFacts, HookSettings, HookedPower, Hooks};
+pub use power::{resolve_argv, InitPower, Pid1, DEFAULT_POWEROFF, DEFAULT_REBOOT};

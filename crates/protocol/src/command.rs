@@ -6,7 +6,9 @@
 pub enum Command {
     None,
     /// Power off (no vmd code path sends it today; the protocol allows it).
-    /// Written by the guest with nothing pending, it is the power-down signal.
+    /// Written by the guest with nothing pending, it is OpenBSD's power-down
+    /// signal (vmd ends the VM 3 s later); a Linux guest never needs it, its
+    /// halt (HLT with interrupts off) ends the VM at once.
     Shutdown,
     /// What `vmctl stop` sends: the guest reboots and vmd ends the VM on reset.
     Reboot,

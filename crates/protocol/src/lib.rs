@@ -3,7 +3,7 @@
 //! time sample. Pure: no I/O here, so both the agent and the simulator can
 //! share one definition of the wire.
 //!
-//! The host side's behaviour is written down in `shared/docs/vmd-vmmci.md`;
+//! The host side's behaviour is written down in `docs/protocol.md`;
 //! names below follow vmd's `virtio.h` and the OpenBSD guest driver.
 
 #![forbid(unsafe_code)]

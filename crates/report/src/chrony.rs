@@ -62,6 +62,12 @@ impl ChronySock {
         self.state.starts_with("sending")
     }
 
+    /// No chronyd has the socket (the usual case without chrony): nothing
+    /// to warn about.
+    pub fn absent(&self) -> bool {
+        self.state.contains(" is not there: ")
+    }
+
     /// For status: how the feed is doing.
     pub fn state(&self) -> &str {
         &self.state

@@ -6,6 +6,8 @@
 //! chronyd's SOCK refclock ([`chrony`]).
 
 pub mod chrony;
+pub mod clocksource;
+pub mod hooks;
 pub mod metrics;
 mod render;
 mod store;
@@ -14,6 +16,9 @@ mod timefmt;
 use serde::{Deserialize, Serialize};
 use vmmci_agent::Snapshot;
 use vmmci_protocol::Drift;
+
+use crate::clocksource::{drift_rate_ppm, ClockSource};
+pub use crate::hooks::{HookRunStatus, HooksStatus};
 
 pub use render::{render_sysctl, render_text};
 pub use store::{read_status, write_status, StatusError, DEFAULT_RUN_DIR, STATUS_FILE};
@@ -60,6 +65,12 @@ pub struct Status {
     /// Commands seen since start, by kind.
     #[serde(default)]
     pub commands: CommandCounts,
+    /// The guest's clock source and what to do about it.
+    #[serde(default)]
+    pub clock_source: Option<ClockSource>,
+    /// The administrator's hooks: their last runs and what is wrong.
+    #[serde(default)]
+    pub hooks: HooksStatus,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -129,10 +140,29 @@ pub struct ProcessInfo {
     pub last_error: Option<String>,
     /// How the chrony feed is doing, when there is one.
     pub chrony: Option<String>,
+    /// The clock source facts (the advice is added from the snapshot).
+    pub clock_source: Option<ClockSource>,
+    /// The hooks' last runs and problems.
+    pub hooks: HooksStatus,
 }
 
 impl Status {
     pub fn from_snapshot(s: &Snapshot, p: &ProcessInfo) -> Status {
+        let drift_history: Vec<DriftEntry> = s
+            .drift_history
+            .iter()
+            .map(|d| DriftEntry {
+                at_ns: d.at_ns,
+                offset_ns: d.offset_ns,
+                round_trip_ns: d.round_trip_ns,
+            })
+            .collect();
+        // While `discipline` holds the offset near zero, the rate it
+        // learned is the guest's drift.
+        let drift_ppm = s
+            .clock
+            .learned_frequency_ppm
+            .or_else(|| drift_rate_ppm(&drift_history, s.last_step.map(|st| st.at_ns)));
         Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
@@ -165,15 +195,7 @@ impl Status {
             drift_min_ns: s.drift_min_ns,
             drift_max_ns: s.drift_max_ns,
             drift_samples: s.drift_samples,
-            drift_history: s
-                .drift_history
-                .iter()
-                .map(|d| DriftEntry {
-                    at_ns: d.at_ns,
-                    offset_ns: d.offset_ns,
-                    round_trip_ns: d.round_trip_ns,
-                })
-                .collect(),
+            drift_history,
             last_step: s.last_step.map(|st| StepStatus {
                 cause: st.cause.name().to_string(),
                 at_ns: st.at_ns,
@@ -202,6 +224,8 @@ impl Status {
                 syncrtc: s.commands.syncrtc,
                 unknown: s.commands.unknown,
             },
+            clock_source: p.clock_source.clone().map(|c| c.advise(drift_ppm)),
+            hooks: p.hooks.clone(),
         }
     }
 
@@ -272,6 +296,25 @@ mod tests {
             boot_id: Some("b00t".into()),
             last_error: None,
             chrony: Some("sending to /run/chrony.vmmci.sock".into()),
+            clock_source: Some(ClockSource {
+                current: Some("refined-jiffies".into()),
+                available: vec!["tsc".into(), "refined-jiffies".into()],
+                hypervisor: Some("OpenBSDVMM58".into()),
+                ..ClockSource::default()
+            }),
+            hooks: HooksStatus {
+                runs: vec![HookRunStatus {
+                    event: "before-reboot".into(),
+                    program: "/etc/vmmci/hooks.d/before-reboot/10-drain".into(),
+                    at_ns: 1_900_000_000_200_000_000,
+                    duration_ms: 40,
+                    exit_code: Some(0),
+                    result: "exit 0".into(),
+                    output: "drained\n".into(),
+                    ..HookRunStatus::default()
+                }],
+                problems: vec!["after-step: [hooks] after_step program \"x\" not found".into()],
+            },
         };
         Status::from_snapshot(&snap, &p)
     }

@@ -39,6 +39,25 @@ pub fn render_prometheus(s: &Status) -> String {
         "The agent's version, device, state and clock mode.",
         &[(&info, "1".into())],
     );
+    if let Some(c) = &s.clock_source {
+        let labels = format!(
+            "{{current=\"{}\",kvm_clock_offered=\"{}\"}}",
+            escape(c.current.as_deref().unwrap_or("unknown")),
+            c.kvm_clock_offered
+        );
+        metric(
+            "clocksource_info",
+            "gauge",
+            "The guest's clock source and whether the host offers kvm-clock.",
+            &[(&labels, "1".into())],
+        );
+        metric(
+            "clocksource_advice",
+            "gauge",
+            "How many things `vmmci status` advises doing about the guest clock.",
+            &[("", c.advice.len().to_string())],
+        );
+    }
     let secs = |ns: Option<i64>| ns.map(|n| format!("{:.9}", n as f64 * 1e-9));
     if let Some(v) = secs(s.drift_ns) {
         metric(

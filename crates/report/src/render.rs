@@ -76,6 +76,7 @@ pub fn render_text(s: &Status, alive: bool, now_ns: i64) -> String {
         }
     }
     render_clock(&mut out, s);
+    render_clock_source(&mut out, s);
     match &s.last_step {
         Some(st) => {
             let residual = st
@@ -97,11 +98,46 @@ pub fn render_text(s: &Status, alive: bool, now_ns: i64) -> String {
             let _ = writeln!(out, "last step:      none since start");
         }
     }
+    crate::hooks::render_hooks(&mut out, &s.hooks, ago);
     if let Some(e) = &s.last_error {
         let _ = writeln!(out, "last error:     {e}");
     }
     let _ = writeln!(out, "updated:        {}", ago(s.updated_at_ns));
     out
+}
+
+/// The clock source, what the host offers, and advice when it drifts.
+fn render_clock_source(out: &mut String, s: &Status) {
+    let Some(c) = &s.clock_source else {
+        return;
+    };
+    let flag = |on: bool, name: &str| {
+        if on {
+            name.to_string()
+        } else {
+            format!("no {name}")
+        }
+    };
+    let _ = writeln!(
+        out,
+        "clock source:   {} (available: {}); hypervisor {}, kvm-clock {}; TSC: {}, {}{}",
+        c.current.as_deref().unwrap_or("unknown"),
+        c.available.join(" "),
+        c.hypervisor.as_deref().unwrap_or("unknown"),
+        if c.kvm_clock_offered {
+            "offered"
+        } else {
+            "not offered"
+        },
+        flag(c.tsc_constant, "constant"),
+        flag(c.tsc_nonstop, "nonstop"),
+        c.drift_ppm
+            .map(|p| format!("; drift {p:+.1} ppm"))
+            .unwrap_or_default()
+    );
+    for a in &c.advice {
+        let _ = writeln!(out, "ADVICE:         {a}");
+    }
 }
 
 /// The clock policy: mode, what it did, and what needs a person.
@@ -190,6 +226,11 @@ mod tests {
             "frequency:      +49.500 ppm (learned rate +50.100 ppm)",
             "clock policy:   slewing",
             "chrony:         sending to /run/chrony.vmmci.sock",
+            "clock source:   refined-jiffies (available: tsc refined-jiffies); hypervisor OpenBSDVMM58, kvm-clock not offered; TSC: no constant, no nonstop; drift +50.1 ppm",
+            "ADVICE:         the guest clock runs on refined-jiffies, which drifts badly in a VM: select tsc",
+            "hook:           before-reboot /etc/vmmci/hooks.d/before-reboot/10-drain: exit 0 after 40 ms, at",
+            "  its output:   drained",
+            "hook problem:   after-step: [hooks] after_step program \"x\" not found",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

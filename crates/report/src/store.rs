@@ -69,7 +69,7 @@ pub(crate) fn write_atomic(path: &Path, body: &[u8], tail: &[u8]) -> io::Result<
         .write(true)
         .create_new(true)
         .mode(0o644)
-        .custom_flags(libc_o_nofollow())
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)?;
     let written = file.write_all(body).and_then(|_| file.write_all(tail));
     drop(file);
@@ -92,12 +92,6 @@ pub fn read_status(dir: &Path) -> Result<Status, StatusError> {
         path,
         reason: e.to_string(),
     })
-}
-
-// O_NOFOLLOW without a libc dependency for one constant (same on every
-// Linux architecture this agent builds for: x86, arm, riscv).
-const fn libc_o_nofollow() -> i32 {
-    0o400000
 }
 
 #[cfg(test)]

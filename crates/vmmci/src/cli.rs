@@ -44,11 +44,6 @@ pub enum Cmd {
     Probe(ProbeArgs),
     /// Step the clock to the host's once (with --dry-run, only show the offset).
     Sync(SyncArgs),
-    /// Tell vmd this guest has powered down (last step of a power-off).
-    ///
-    /// vmd then ends the VM 3 s later instead of leaving a halted guest
-    /// running. Run it after file systems are read-only; never on reboot.
-    NotifyPoweroff(DeviceArg),
     /// Run the real agent against the built-in vmd simulator with a
     /// scripted host (boot, host suspend, vmctl stop) and show what
     /// happened. Touches nothing on this machine.
@@ -100,9 +95,15 @@ pub struct DaemonArgs {
     /// How often to measure drift against the host clock.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub sample_interval: Option<Duration>,
-    /// How long init gets to reboot/power off before the agent forces it.
+    /// After a stop's ACK: when to sync file systems if still up.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub grace: Option<Duration>,
+    /// After a stop's ACK: when to force the reboot/power-off (before vmd's 120 s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub force_after: Option<Duration>,
+    /// Write device status 0 on exit (vmd then ends the VM at once on a stop).
+    #[arg(long)]
+    pub release_on_exit: bool,
     /// Where the status file goes.
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,

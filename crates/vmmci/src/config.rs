@@ -13,8 +13,9 @@ pub const DEFAULT_CONFIG: &str = "/etc/vmmci.toml";
 /// this could miss that.
 pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(2);
 pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
-/// vmd's long timeout after the ACK is 120 s (30 s before 2019).
-pub const MAX_GRACE: Duration = Duration::from_secs(110);
+/// vmd's long timeout after the ACK is 120 s (30 s before 2019): the
+/// forced reboot must come before it, with time to reset.
+pub const MAX_FORCE_AFTER: Duration = Duration::from_secs(115);
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -25,15 +26,25 @@ pub struct Config {
     pub poll_interval: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub sample_interval: Duration,
-    /// How long init gets to reboot or power off before the agent forces it.
+    /// How long after the ACK of a power command the agent syncs file
+    /// systems if the guest is still up ("sync early").
     #[serde(deserialize_with = "de_duration")]
     pub grace: Duration,
+    /// How long after the ACK the agent forces the reboot or power-off
+    /// ("force late": shortly before vmd's 120 s).
+    #[serde(deserialize_with = "de_duration")]
+    pub force_after: Duration,
+    /// Write device status 0 when the daemon exits. Off by default: vmd
+    /// then refuses every stop and ends the VM at once, with no shutdown,
+    /// until an agent runs again.
+    pub release_on_exit: bool,
     pub run_dir: PathBuf,
     pub debug: bool,
     pub power: PowerConfig,
     pub clock: ClockConfig,
     pub chrony: ChronyConfig,
     pub metrics: MetricsConfig,
+    pub hooks: HooksConfig,
     /// Where PCI devices are listed; from `--sysfs-root`, not the file.
     #[serde(skip)]
     pub sysfs_root: PathBuf,
@@ -77,12 +88,31 @@ impl ClockConfig {
     }
 }
 
-/// `[chrony]`: feed every sample to chronyd's SOCK refclock.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+/// chrony's socket for the refclock the packages' chrony snippet sets up.
+pub const DEFAULT_CHRONY_SOCKET: &str = "/run/chrony.vmmci.sock";
+
+/// `[chrony]`: feed every sample to chronyd's SOCK refclock. On by default:
+/// with no chronyd listening it costs nothing, and installing chrony with
+/// the packaged snippet is then the only step.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChronyConfig {
-    /// The path in chrony.conf's `refclock SOCK` line.
+    /// The path in chrony.conf's `refclock SOCK` line; `""` turns the feed off.
+    #[serde(deserialize_with = "de_socket")]
     pub socket: Option<PathBuf>,
+    /// How often to sample while chronyd listens: chrony wants several
+    /// samples per poll of its refclock.
+    #[serde(deserialize_with = "de_duration")]
+    pub sample_interval: Duration,
+}
+
+impl Default for ChronyConfig {
+    fn default() -> Self {
+        ChronyConfig {
+            socket: Some(PathBuf::from(DEFAULT_CHRONY_SOCKET)),
+            sample_interval: Duration::from_secs(2),
+        }
+    }
 }
 
 /// `[metrics]`: Prometheus text for node_exporter's textfile collector.
@@ -91,6 +121,49 @@ pub struct ChronyConfig {
 pub struct MetricsConfig {
     /// A `.prom` file in the collector's directory.
     pub textfile: Option<PathBuf>,
+}
+
+/// `[hooks]`: the administrator's programs around host events: an argv
+/// per event (no shell; bare names looked up like `[power]`'s), then the
+/// executables in `<dir>/<event>/`, in name order.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksConfig {
+    /// Before a reboot the host asked for (REBOOT, `vmctl stop`).
+    pub before_reboot: Vec<String>,
+    /// Before a power-off the host asked for (SHUTDOWN).
+    pub before_poweroff: Vec<String>,
+    /// After each step of the clock (SYNCRTC, `vmmci sync`, `discipline`).
+    pub after_step: Vec<String>,
+    /// How long each hook may run before it is killed.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// The drop-in directories' parent; "" for none.
+    pub dir: PathBuf,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        HooksConfig {
+            before_reboot: Vec::new(),
+            before_poweroff: Vec::new(),
+            after_step: Vec::new(),
+            timeout: vmmci_actions::hooks::DEFAULT_HOOK_TIMEOUT,
+            dir: PathBuf::from(vmmci_actions::hooks::DEFAULT_HOOK_DIR),
+        }
+    }
+}
+
+impl HooksConfig {
+    pub fn settings(&self) -> vmmci_actions::HookSettings {
+        vmmci_actions::HookSettings {
+            before_reboot: self.before_reboot.clone(),
+            before_poweroff: self.before_poweroff.clone(),
+            after_step: self.after_step.clone(),
+            timeout: self.timeout,
+            dir: (!self.dir.as_os_str().is_empty()).then(|| self.dir.clone()),
+        }
+    }
 }
 
 pub const MIN_STEP_THRESHOLD: Duration = Duration::from_millis(1);
@@ -103,12 +176,15 @@ impl Default for Config {
             poll_interval: Duration::from_millis(250),
             sample_interval: Duration::from_secs(15),
             grace: Duration::from_secs(25),
+            force_after: Duration::from_secs(110),
+            release_on_exit: false,
             run_dir: PathBuf::from(vmmci_report::DEFAULT_RUN_DIR),
             debug: false,
             power: PowerConfig::default(),
             clock: ClockConfig::default(),
             chrony: ChronyConfig::default(),
             metrics: MetricsConfig::default(),
+            hooks: HooksConfig::default(),
             sysfs_root: PathBuf::from(vmmci_transport::discover::SYSFS_PCI_DEVICES),
         }
     }
@@ -189,12 +265,21 @@ impl Config {
                 format!("{:?} is under 1 s", self.sample_interval),
             );
         }
-        if self.grace > MAX_GRACE {
+        if self.force_after > MAX_FORCE_AFTER {
+            return invalid(
+                "force_after",
+                format!(
+                    "{:?} is over {:?}: vmd's long timeout (120 s) would end the VM first",
+                    self.force_after, MAX_FORCE_AFTER
+                ),
+            );
+        }
+        if self.grace > self.force_after {
             return invalid(
                 "grace",
                 format!(
-                    "{:?} is over {:?}: vmd's long timeout (120 s) would end the VM first",
-                    self.grace, MAX_GRACE
+                    "{:?} is after force_after ({:?}): the sync must come before the force",
+                    self.grace, self.force_after
                 ),
             );
         }
@@ -203,6 +288,17 @@ impl Config {
             return invalid(
                 "clock.step_threshold",
                 format!("{threshold:?} is outside {MIN_STEP_THRESHOLD:?}..={MAX_STEP_THRESHOLD:?}"),
+            );
+        }
+        if !(Duration::from_millis(500)..=self.sample_interval)
+            .contains(&self.chrony.sample_interval)
+        {
+            return invalid(
+                "chrony.sample_interval",
+                format!(
+                    "{:?} is outside 500ms..=sample_interval ({:?})",
+                    self.chrony.sample_interval, self.sample_interval
+                ),
             );
         }
         if let Some(sock) = &self.chrony.socket {
@@ -234,6 +330,50 @@ impl Config {
             if argv.first().is_none_or(|p| p.is_empty()) {
                 return invalid(key, "must name a program, e.g. [\"reboot\"]".into());
             }
+        }
+        self.validate_hooks()
+    }
+
+    fn validate_hooks(&self) -> Result<(), ConfigError> {
+        use vmmci_actions::hooks::{MAX_HOOK_TIMEOUT, MIN_HOOK_TIMEOUT};
+        let invalid = |what: &str, why: String| {
+            Err(ConfigError::Invalid {
+                what: what.into(),
+                why,
+            })
+        };
+        let h = &self.hooks;
+        if !(MIN_HOOK_TIMEOUT..=MAX_HOOK_TIMEOUT).contains(&h.timeout) {
+            return invalid(
+                "hooks.timeout",
+                format!(
+                    "{:?} is outside {MIN_HOOK_TIMEOUT:?}..={MAX_HOOK_TIMEOUT:?}: a hook must end well inside \
+                     vmd's budgets (about 30 s for a whole host shutdown, 120 s after the acknowledgement)",
+                    h.timeout
+                ),
+            );
+        }
+        for (key, argv) in [
+            ("hooks.before_reboot", &h.before_reboot),
+            ("hooks.before_poweroff", &h.before_poweroff),
+            ("hooks.after_step", &h.after_step),
+        ] {
+            if argv.first().is_some_and(|p| p.is_empty()) {
+                return invalid(
+                    key,
+                    "must name a program, e.g. [\"/usr/local/sbin/my-hook\"], or be left out"
+                        .into(),
+                );
+            }
+        }
+        if !h.dir.as_os_str().is_empty() && !h.dir.is_absolute() {
+            return invalid(
+                "hooks.dir",
+                format!(
+                    "{} is not an absolute path (\"\" turns the drop-in directories off)",
+                    h.dir.display()
+                ),
+            );
         }
         Ok(())
     }
@@ -268,6 +408,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 fn de_mode<'de, D: Deserializer<'de>>(d: D) -> Result<ClockMode, D::Error> {
     let s = String::deserialize(d)?;
     s.parse().map_err(serde::de::Error::custom)
+}
+
+fn de_socket<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok((!s.is_empty()).then(|| PathBuf::from(s)))
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -306,6 +451,8 @@ device = "0000:00:05.0"
 poll_interval = "100ms"
 sample_interval = "30s"
 grace = "40s"
+force_after = "100s"
+release_on_exit = true
 run_dir = "/tmp/vmmci"
 debug = true
 
@@ -336,6 +483,8 @@ textfile = "/var/lib/prometheus/node-exporter/vmmci.prom"
         assert_eq!(c.device.as_deref(), Some("0000:00:05.0"));
         assert_eq!(c.poll_interval, Duration::from_millis(100));
         assert_eq!(c.grace, Duration::from_secs(40));
+        assert_eq!(c.force_after, Duration::from_secs(100));
+        assert!(c.release_on_exit);
         assert_eq!(c.power.reboot, vec!["/sbin/openrc-shutdown", "-r", "now"]);
     }
 
@@ -367,10 +516,19 @@ textfile = "/var/lib/prometheus/node-exporter/vmmci.prom"
         };
         assert!(slow.validate().unwrap_err().to_string().contains("3 s"));
         let long = Config {
-            grace: Duration::from_secs(200),
+            force_after: Duration::from_secs(200),
             ..Config::default()
         };
         assert!(long.validate().unwrap_err().to_string().contains("120 s"));
+        let late_sync = Config {
+            grace: Duration::from_secs(111),
+            ..Config::default()
+        };
+        let err = late_sync.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("grace") && err.contains("before the force"),
+            "{err}"
+        );
         let empty = Config {
             power: PowerConfig {
                 reboot: vec![],
@@ -406,5 +564,77 @@ textfile = "/var/lib/prometheus/node-exporter/vmmci.prom"
             Config::load(missing, true),
             Err(ConfigError::Read { .. })
         ));
+    }
+
+    #[test]
+    fn hooks_section() {
+        let d = Config::default();
+        assert_eq!(d.hooks.timeout, Duration::from_secs(5));
+        assert_eq!(d.hooks.dir, Path::new("/etc/vmmci/hooks.d"));
+        let s = d.hooks.settings();
+        assert!(s.before_reboot.is_empty() && s.after_step.is_empty());
+        assert_eq!(s.dir.as_deref(), Some(Path::new("/etc/vmmci/hooks.d")));
+
+        let c = Config::parse(
+            r#"
+[hooks]
+before_reboot = ["/usr/local/sbin/drain", "--fast"]
+before_poweroff = ["logger", "powering off"]
+after_step = ["/usr/local/sbin/note-step"]
+timeout = "2s"
+dir = "/srv/hooks"
+"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let s = c.hooks.settings();
+        assert_eq!(s.before_reboot, ["/usr/local/sbin/drain", "--fast"]);
+        assert_eq!(s.before_poweroff, ["logger", "powering off"]);
+        assert_eq!(s.after_step, ["/usr/local/sbin/note-step"]);
+        assert_eq!(s.timeout, Duration::from_secs(2));
+        assert_eq!(s.dir.as_deref(), Some(Path::new("/srv/hooks")));
+        let off = Config::parse("[hooks]\ndir = \"\"\n").unwrap();
+        off.validate().unwrap();
+        assert_eq!(
+            off.hooks.settings().dir,
+            None,
+            "\"\" turns the directories off"
+        );
+
+        let err = Config::parse("[hooks]\nbefore_reboot = \"/x\"\n").unwrap_err();
+        assert!(
+            err.contains("line 2") && err.contains("before_reboot"),
+            "{err}"
+        );
+        let err = Config::parse("[hooks]\nafter_stop = [\"/x\"]\n").unwrap_err();
+        assert!(err.contains("after_stop"), "{err}");
+    }
+
+    #[test]
+    fn hook_limits_stay_well_inside_vmds_budgets() {
+        let with = |f: &dyn Fn(&mut HooksConfig)| {
+            let mut c = Config::default();
+            f(&mut c.hooks);
+            c.validate().map_err(|e| e.to_string())
+        };
+        assert!(with(&|h| h.timeout = Duration::from_secs(20)).is_ok());
+        assert!(with(&|h| h.timeout = Duration::from_millis(100)).is_ok());
+        let err = with(&|h| h.timeout = Duration::from_secs(21)).unwrap_err();
+        assert!(
+            err.contains("hooks.timeout") && err.contains("30 s"),
+            "{err}"
+        );
+        let err = with(&|h| h.timeout = Duration::ZERO).unwrap_err();
+        assert!(err.contains("hooks.timeout"), "{err}");
+        let err = with(&|h| h.after_step = vec![String::new()]).unwrap_err();
+        assert!(
+            err.contains("hooks.after_step") && err.contains("left out"),
+            "{err}"
+        );
+        let err = with(&|h| h.dir = "hooks.d".into()).unwrap_err();
+        assert!(
+            err.contains("hooks.dir") && err.contains("absolute"),
+            "{err}"
+        );
     }
 }

@@ -8,11 +8,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
-use vmmci_actions::{InitPower, SystemClock};
-use vmmci_agent::{Agent, AgentConfig, DriftPoint, GuestClock, Power};
-use vmmci_report::chrony::ChronySock;
-use vmmci_report::{metrics, read_status, write_status, ProcessInfo, Status};
+use vmmci_actions::clocksource::{
+    self, HostCpuid, HypervisorFacts, PROC_CPUINFO, SYSFS_CLOCKSOURCE,
+};
+use vmmci_actions::{HookedPower, Hooks, InitPower, SystemClock};
+use vmmci_agent::{Agent, AgentConfig, GuestClock, Power};
+use vmmci_report::ProcessInfo;
 use vmmci_transport::RegisterIo;
+
+mod hook_watch;
+mod lock;
+mod readiness;
+mod reporter;
+
+use hook_watch::HookWatch;
+use lock::{previous_latch, single_instance};
+use readiness::{notify_systemd, Watchdog};
+use reporter::Reporter;
 
 use crate::cli::DaemonArgs;
 use crate::config::Config;
@@ -28,6 +40,8 @@ fn apply_flags(mut config: Config, args: &DaemonArgs) -> Result<Config, CliError
     config.poll_interval = args.poll_interval.unwrap_or(config.poll_interval);
     config.sample_interval = args.sample_interval.unwrap_or(config.sample_interval);
     config.grace = args.grace.unwrap_or(config.grace);
+    config.force_after = args.force_after.unwrap_or(config.force_after);
+    config.release_on_exit |= args.release_on_exit;
     if let Some(dir) = &args.run_dir {
         config.run_dir = dir.clone();
     }
@@ -64,10 +78,12 @@ pub fn run(
     if let Some(raw) = latch {
         info!("a previous agent this boot already handled command {raw}; not acting on it again");
     }
-    let power = InitPower {
-        reboot: config.power.reboot.clone(),
-        poweroff: config.power.poweroff.clone(),
-    };
+    // The before-* hooks and the init command run off the loop, after the ACK.
+    let hooks = Hooks::new(config.hooks.settings());
+    let power = HookedPower::new(
+        InitPower::new(config.power.reboot.clone(), config.power.poweroff.clone()),
+        hooks.clone(),
+    );
     let agent = Agent::new(dev.bar, SystemClock, power, agent_config(&config)).with_latch(latch);
     let mut reporter = Reporter::new(
         config.run_dir.clone(),
@@ -79,6 +95,9 @@ pub fn run(
         },
     );
     reporter.configure(&config);
+    reporter.show_hooks(&hooks);
+    reporter.watch_clock_source(clock_source_at_start());
+    let release_on_exit = config.release_on_exit;
     let stop = Arc::new(AtomicBool::new(false));
     let hup = Arc::new(AtomicBool::new(false));
     for (sig, flag) in [
@@ -90,7 +109,7 @@ pub fn run(
             .map_err(|e| CliError::Failed(format!("cannot install signal handler: {e}")))?;
     }
     let sysfs_root = config.sysfs_root.clone();
-    let reload = |agent: &mut Agent<_, _, InitPower>, reporter: &mut Reporter| {
+    let reload = |agent: &mut Agent<_, _, HookedPower<InitPower>>, reporter: &mut Reporter| {
         // A bad new config keeps the old one: the agent must keep serving.
         let loaded = Config::load(config_path, named)
             .map_err(CliError::from)
@@ -107,10 +126,11 @@ pub fn run(
             Ok(new) => {
                 agent.reconfigure(agent_config(&new));
                 reporter.configure(&new);
-                *agent.power_mut() = InitPower {
-                    reboot: new.power.reboot.clone(),
-                    poweroff: new.power.poweroff.clone(),
-                };
+                hooks.configure(new.hooks.settings());
+                *agent.power_mut() = HookedPower::new(
+                    InitPower::new(new.power.reboot.clone(), new.power.poweroff.clone()),
+                    hooks.clone(),
+                );
                 info!(
                     "SIGHUP: configuration reloaded from {} (device and run_dir need a restart)",
                     config_path.display()
@@ -126,8 +146,27 @@ pub fn run(
             stop: &stop,
             hup: &hup,
         },
+        &hooks,
         reload,
+        release_on_exit,
     )
+}
+
+/// The hypervisor's CPUID facts, once; a clock source that drifts badly is
+/// said in the log at start (and stays in `vmmci status`).
+fn clock_source_at_start() -> HypervisorFacts {
+    let hypervisor = HypervisorFacts::read(&HostCpuid);
+    let facts = clocksource::read(
+        SYSFS_CLOCKSOURCE.as_ref(),
+        PROC_CPUINFO.as_ref(),
+        &hypervisor,
+    );
+    if facts.is_poor() {
+        for advice in facts.advise(None).advice {
+            warn!("{advice}");
+        }
+    }
+    hypervisor
 }
 
 /// What the loop listens to: stop (SIGTERM, SIGINT) and reload (SIGHUP).
@@ -136,163 +175,42 @@ struct Signals<'a> {
     hup: &'a AtomicBool,
 }
 
-/// Hold `run_dir/lock` for the life of the daemon: two agents polling one
-/// device would both act on a command. A run directory that cannot be
-/// written (read-only or full /run) only costs this check, not the service.
-fn single_instance(run_dir: &Path) -> Result<Option<std::fs::File>, CliError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::os::unix::io::AsRawFd;
-    let opened = std::fs::create_dir_all(run_dir).and_then(|_| {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(run_dir.join("lock"))
-    });
-    let file = match opened {
-        Ok(f) => f,
-        Err(e) => {
-            warn!(
-                "cannot create {}/lock ({e}); not checking for a second agent",
-                run_dir.display()
-            );
-            return Ok(None);
-        }
-    };
-    // SAFETY: flock on a valid, owned file descriptor.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let pid = read_status(run_dir)
-            .map(|s| format!(" (pid {})", s.pid))
-            .unwrap_or_default();
-        return Err(CliError::Failed(format!(
-            "another vmmci daemon is running{pid} (it holds {}/lock); stop it first",
-            run_dir.display()
-        )));
-    }
-    Ok(Some(file))
-}
-
 pub fn agent_config(config: &Config) -> AgentConfig {
     AgentConfig {
         poll_interval: config.poll_interval,
         sample_interval: config.sample_interval,
         grace: config.grace,
+        force_after: config.force_after,
         not_before_sec: crate::not_before_sec(),
         clock: config.clock.policy(),
         ..AgentConfig::default()
     }
 }
 
-/// The COMMAND value a previous agent handled this boot, from its status.
-fn previous_latch(run_dir: &Path, boot_id: Option<&str>) -> Option<u32> {
-    let old = read_status(run_dir).ok()?;
-    (old.boot_id.is_some() && old.boot_id.as_deref() == boot_id).then_some(old.latched_command?)
-}
-
-/// Writes the status file and the metrics, feeds chrony; says once when it
-/// cannot, and keeps the agent serving the device either way (these are
-/// views, not the job).
-struct Reporter {
-    run_dir: std::path::PathBuf,
-    info: ProcessInfo,
-    failing: bool,
-    metrics: Option<std::path::PathBuf>,
-    metrics_failing: bool,
-    chrony: Option<ChronySock>,
-}
-
-impl Reporter {
-    fn new(run_dir: std::path::PathBuf, info: ProcessInfo) -> Reporter {
-        Reporter {
-            run_dir,
-            info,
-            failing: false,
-            metrics: None,
-            metrics_failing: false,
-            chrony: None,
-        }
-    }
-
-    /// Take the metrics path and the chrony socket from `config` (at start
-    /// and on SIGHUP).
-    fn configure(&mut self, config: &Config) {
-        self.metrics = config.metrics.textfile.clone();
-        let socket = config.chrony.socket.as_deref();
-        if self.chrony.as_ref().map(|c| c.path()) != socket {
-            self.chrony = socket.map(ChronySock::new);
-        }
-        self.info.chrony = self.chrony.as_ref().map(|c| c.state().to_string());
-    }
-
-    /// Send a sample to chrony's refclock socket, when configured.
-    fn feed(&mut self, point: &DriftPoint) {
-        let Some(chrony) = self.chrony.as_mut() else {
-            return;
-        };
-        if let Some(state) = chrony.send(point) {
-            if chrony.listening() {
-                info!("chrony: {state}");
-            } else {
-                warn!("chrony: {state}");
-            }
-        }
-        self.info.chrony = Some(chrony.state().to_string());
-    }
-
-    /// chronyd, when it listens on the refclock socket: it then has the
-    /// clock (its own files may be hidden from this unit).
-    fn fed_daemon(&self) -> Option<String> {
-        let c = self.chrony.as_ref().filter(|c| c.listening())?;
-        Some(format!("chronyd (fed through {})", c.path().display()))
-    }
-
-    fn write<B: RegisterIo, C: GuestClock, P: Power>(&mut self, agent: &Agent<B, C, P>) {
-        self.info.now_ns = SystemClock.now_ns();
-        let status = Status::from_snapshot(&agent.snapshot(), &self.info);
-        if let Some(path) = &self.metrics {
-            match metrics::write_textfile(path, &status) {
-                Ok(()) => self.metrics_failing = false,
-                Err(e) if !self.metrics_failing => {
-                    warn!("cannot write metrics to {}: {e}", path.display());
-                    self.metrics_failing = true;
-                }
-                Err(_) => {}
-            }
-        }
-        match write_status(&self.run_dir, &status) {
-            Ok(()) if self.failing => {
-                info!("status is written again in {}", self.run_dir.display());
-                self.failing = false;
-            }
-            Ok(()) => {}
-            Err(e) if !self.failing => {
-                warn!("{e}; status will be stale, the agent keeps serving the device");
-                self.failing = true;
-            }
-            Err(_) => {}
-        }
-    }
-}
-
-/// The loop: handshake, then tick at every deadline until `stop` is set,
-/// then release the device.
+/// The loop: handshake, then tick at every deadline until `stop` is set.
+/// DRIVER_OK stays set on exit unless `release_on_exit`: a stop posted
+/// while no agent runs then waits for the next one instead of ending the
+/// VM at once.
 fn serve<B: RegisterIo, C: GuestClock, P: Power>(
     mut agent: Agent<B, C, P>,
     mut reporter: Reporter,
     signals: Signals,
+    hooks: &Hooks,
     mut reload: impl FnMut(&mut Agent<B, C, P>, &mut Reporter),
+    release_on_exit: bool,
 ) -> Result<ExitCode, CliError> {
     let stop = signals.stop;
+    let mut hook_watch = HookWatch::new(hooks);
     agent.handshake()?;
     reporter.write(&agent);
     notify_systemd("READY=1\nSTATUS=DRIVER_OK, polling");
+    let mut watchdog = Watchdog::from_env();
 
     let start = Instant::now();
     let mut last_error: Option<String> = None;
     let mut last_report = Duration::ZERO;
     while !stop.load(Ordering::Relaxed) {
+        watchdog.feed();
         if signals.hup.swap(false, Ordering::Relaxed) {
             reload(&mut agent, &mut reporter);
             reporter.write(&agent);
@@ -315,11 +233,18 @@ fn serve<B: RegisterIo, C: GuestClock, P: Power>(
                 if let Some(point) = &tick.sampled {
                     reporter.feed(point);
                     agent.set_fed_daemon(reporter.fed_daemon());
+                    agent.set_fed_sample_interval(reporter.fed_sample_interval());
                 }
+                // After-step hooks in a thread; a hook run that ended is news.
+                hook_watch.after_tick(&agent, &tick);
+                let hook_news = hook_watch.news();
                 if tick.handled.is_some()
                     || tick.sampled.is_some()
+                    || tick.retried.is_some()
+                    || tick.synced.is_some()
                     || tick.forced.is_some()
                     || report_due
+                    || hook_news
                 {
                     reporter.write(&agent);
                     last_report = now;
@@ -347,36 +272,17 @@ fn serve<B: RegisterIo, C: GuestClock, P: Power>(
         }
     }
     notify_systemd("STOPPING=1");
-    info!("stopping: writing device status 0");
-    if let Err(e) = agent.release() {
-        warn!("could not release the device: {e}");
+    if release_on_exit {
+        info!("stopping: writing device status 0 (release_on_exit)");
+        if let Err(e) = agent.release() {
+            warn!("could not release the device: {e}");
+        }
+    } else {
+        info!("stopping: DRIVER_OK stays set; the next agent acknowledges a stop posted meanwhile");
+        agent.exit();
     }
     reporter.write(&agent);
     Ok(ExitCode::SUCCESS)
-}
-
-/// Tell systemd (`Type=notify`) how the service is doing; nothing without
-/// `NOTIFY_SOCKET`.
-fn notify_systemd(state: &str) {
-    if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
-        let path = path.to_string_lossy();
-        if let Err(e) = notify_at(&path, state) {
-            warn!("cannot notify systemd at {path}: {e}");
-        }
-    }
-}
-
-/// The sd_notify protocol is one datagram to a path or an abstract socket
-/// (`@name`), so no crate is needed.
-fn notify_at(path: &str, state: &str) -> std::io::Result<()> {
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
-    let addr = match path.strip_prefix('@') {
-        Some(name) => SocketAddr::from_abstract_name(name.as_bytes())?,
-        None => SocketAddr::from_pathname(path)?,
-    };
-    UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr)?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -387,6 +293,7 @@ mod tests {
     use vmmci_agent::fakes::{FakeGuestClock, PowerCall, RecordingPower};
     use vmmci_agent::PowerAction;
     use vmmci_protocol::{status, Command};
+    use vmmci_report::read_status;
 
     /// The guest clock: this machine's, read only (a test never steps it).
     fn read_only_clock() -> FakeGuestClock {
@@ -413,6 +320,22 @@ mod tests {
                 VmdConfig::default(),
                 Box::new(vmd_sim::SystemClock),
             )));
+            Running::start_on(run_dir, vmd)
+        }
+
+        /// An agent on a simulator that may already have had one.
+        fn start_on(run_dir: &Path, vmd: Arc<Mutex<Vmd>>) -> Running {
+            Running::start_with(run_dir, vmd, Hooks::default(), read_only_clock())
+        }
+
+        /// With these hooks around the recording power switch, and this
+        /// guest clock.
+        fn start_with(
+            run_dir: &Path,
+            vmd: Arc<Mutex<Vmd>>,
+            hooks: Hooks,
+            clock: FakeGuestClock,
+        ) -> Running {
             let bar = SimBar::new(vmd.clone());
             let power = RecordingPower::default();
             let config = Config {
@@ -421,8 +344,8 @@ mod tests {
             };
             let agent = Agent::new(
                 bar.clone(),
-                read_only_clock(),
-                power.clone(),
+                clock,
+                HookedPower::new(power.clone(), hooks.clone()),
                 agent_config(&config),
             );
             let mut reporter = Reporter::new(
@@ -432,12 +355,16 @@ mod tests {
                     ..ProcessInfo::default()
                 },
             );
+            // This machine's clock source, read only.
+            reporter.watch_clock_source(HypervisorFacts::read(&HostCpuid));
+            reporter.show_hooks(&hooks);
             reporter.configure(&Config {
                 metrics: crate::config::MetricsConfig {
                     textfile: Some(run_dir.join("vmmci.prom")),
                 },
                 chrony: crate::config::ChronyConfig {
                     socket: Some(run_dir.join("chrony.sock")),
+                    ..Default::default()
                 },
                 ..Config::default()
             });
@@ -447,16 +374,24 @@ mod tests {
             );
             let (s, h) = (stop.clone(), hup.clone());
             let thread = std::thread::spawn(move || {
-                let reload = |a: &mut Agent<SimBar, FakeGuestClock, RecordingPower>,
-                              _: &mut Reporter| {
-                    let c = Config {
-                        poll_interval: Duration::from_millis(30),
-                        ..Config::default()
+                let reload =
+                    |a: &mut Agent<SimBar, FakeGuestClock, HookedPower<RecordingPower>>,
+                     _: &mut Reporter| {
+                        let c = Config {
+                            poll_interval: Duration::from_millis(30),
+                            ..Config::default()
+                        };
+                        a.reconfigure(agent_config(&c));
                     };
-                    a.reconfigure(agent_config(&c));
-                };
-                serve(agent, reporter, Signals { stop: &s, hup: &h }, reload)
-                    .map_err(|e| e.to_string())
+                serve(
+                    agent,
+                    reporter,
+                    Signals { stop: &s, hup: &h },
+                    &hooks,
+                    reload,
+                    false,
+                )
+                .map_err(|e| e.to_string())
             });
             Running {
                 vmd,
@@ -492,9 +427,9 @@ mod tests {
     }
 
     /// A stop is acknowledged well within vmd's 3 s, the status file
-    /// follows, SIGHUP reloads, and a stop signal releases the device.
+    /// follows, SIGHUP reloads, and a stop signal leaves DRIVER_OK set.
     #[test]
-    fn the_loop_acks_reports_and_releases() {
+    fn the_loop_acks_reports_and_keeps_driver_ok_on_exit() {
         let dir = tempfile::tempdir().unwrap();
         let r = Running::start(dir.path());
         r.wait("DRIVER_OK", driver_ok);
@@ -518,6 +453,12 @@ mod tests {
         assert_eq!(s.state, "rebooting");
         assert!(s.drift_ns.is_some(), "drift sampled at start");
         assert_eq!(s.latched_command, Some(Command::REBOOT));
+        let source = s.clock_source.as_ref().expect("clock source reported");
+        let kernel = std::fs::read_to_string(
+            "/sys/devices/system/clocksource/clocksource0/current_clocksource",
+        )
+        .unwrap();
+        assert_eq!(source.current.as_deref(), Some(kernel.trim()));
 
         let prom = std::fs::read_to_string(dir.path().join("vmmci.prom")).unwrap();
         for want in ["vmmci_up 1", "vmmci_commands_total{command=\"reboot\"} 1"] {
@@ -533,8 +474,12 @@ mod tests {
 
         let (vmd, power) = (r.vmd.clone(), r.power.clone());
         r.stop();
-        assert_eq!(vmd.lock().unwrap().device_status(), 0, "released");
-        assert_eq!(read_status(dir.path()).unwrap().state, "released");
+        let v = vmd.lock().unwrap();
+        assert_eq!(v.device_status(), 0x7, "DRIVER_OK kept on exit");
+        // Status 0 once: the first agent's fresh handshake, never on exit.
+        assert_eq!(v.status_writes().iter().filter(|&&w| w == 0).count(), 1);
+        drop(v);
+        assert_eq!(read_status(dir.path()).unwrap().state, "exited");
         assert_eq!(
             power.calls(),
             vec![PowerCall::Begin(PowerAction::Reboot)],
@@ -543,7 +488,8 @@ mod tests {
     }
 
     /// Device errors are logged, the loop keeps going, and when the device
-    /// answers again the handshake is redone.
+    /// answers again the handshake is redone without ever dropping
+    /// DRIVER_OK (vmd would refuse a stop in that window).
     #[test]
     fn the_loop_recovers_from_device_errors_with_a_new_handshake() {
         let dir = tempfile::tempdir().unwrap();
@@ -552,9 +498,40 @@ mod tests {
             r.vmd().status_writes().len() >= 4
         });
         r.bar.fail_next(5);
-        r.wait("a second handshake", |r| r.vmd().status_writes().len() >= 8);
+        r.wait("a second handshake", |r| r.vmd().status_writes().len() >= 5);
         assert!(driver_ok(&r));
+        let writes = r.vmd().status_writes().to_vec();
+        assert!(
+            writes[4..].iter().all(|w| w & status::DRIVER_OK != 0),
+            "DRIVER_OK dropped on the second handshake: {writes:x?}"
+        );
         r.stop();
+    }
+
+    /// A stop posted while no agent runs (DRIVER_OK kept by the last one)
+    /// stays pending, and the next agent acknowledges it.
+    #[test]
+    fn a_stop_posted_between_two_agents_is_acknowledged_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Running::start(dir.path());
+        r.wait("DRIVER_OK", driver_ok);
+        let vmd = r.vmd.clone();
+        r.stop();
+        vmd.lock()
+            .unwrap()
+            .vmctl_stop()
+            .expect("vmd accepts the stop");
+        let next = Running::start_on(dir.path(), vmd);
+        next.wait("the REBOOT to be handled", |r| !r.power.calls().is_empty());
+        assert_eq!(next.vmd().ended(), None);
+        assert!(next.vmd().events().iter().any(|e| matches!(
+            e.kind,
+            vmd_sim::EventKind::Ack {
+                cmd: Command::Reboot,
+                ..
+            }
+        )));
+        next.stop();
     }
 
     /// A run directory that cannot be written costs the status file, not
@@ -583,7 +560,7 @@ mod tests {
             .unwrap();
         let r = Running::start(dir.path());
         let mut buf = [0u8; 64];
-        let n = chronyd.recv(&mut buf).expect("a sample within 10 s");
+        let mut n = chronyd.recv(&mut buf).expect("a sample within 10 s");
         assert_eq!(n, vmmci_report::chrony::SAMPLE_LEN);
         let magic = i32::from_ne_bytes(buf[36..40].try_into().unwrap());
         assert_eq!(magic, vmmci_report::chrony::SOCK_MAGIC);
@@ -598,35 +575,169 @@ mod tests {
                 .and_then(|s| s.clock.chrony)
                 .is_some_and(|c| c.starts_with("sending"))
         });
+        // chrony wants several samples per poll: every 2 s while it listens.
+        r.wait("the 2 s sample interval", |_| {
+            read_status(dir.path()).is_ok_and(|s| s.sample_interval_ms == 2000)
+        });
+        n = chronyd.recv(&mut buf).expect("the next sample");
+        assert_eq!(n, vmmci_report::chrony::SAMPLE_LEN);
         r.stop();
     }
 
-    #[test]
-    fn readiness_reaches_the_notify_socket() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notify");
-        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-        notify_at(path.to_str().unwrap(), "READY=1").unwrap();
-        let mut buf = [0u8; 64];
-        let n = sock.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"READY=1");
+    /// A hook script in `dir/<event>/<name>`.
+    fn hook(dir: &Path, event: &str, name: &str, body: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(event).join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
+    fn hooks_in(dir: &Path, timeout: Duration) -> Hooks {
+        Hooks::new(vmmci_actions::HookSettings {
+            timeout,
+            dir: Some(dir.to_path_buf()),
+            ..Default::default()
+        })
+    }
+
+    fn acked(r: &Running, pred: impl Fn(&vmd_sim::EventKind) -> bool) -> bool {
+        r.vmd().events().iter().any(|e| pred(&e.kind))
+    }
+
+    fn reboot_acked(k: &vmd_sim::EventKind) -> bool {
+        matches!(
+            k,
+            vmd_sim::EventKind::Ack {
+                cmd: Command::Reboot,
+                ..
+            }
+        )
+    }
+
+    /// A before-reboot hook that hangs delays neither the ACK nor the
+    /// loop: a SYNCRTC posted while it hangs is acknowledged at once. It is
+    /// killed at its limit, the next hook runs, then the init command; the
+    /// runs (and a hook that is not executable) reach the status file.
     #[test]
-    fn a_latch_is_trusted_only_from_this_boot() {
+    fn a_hanging_before_reboot_hook_delays_neither_the_ack_nor_the_loop() {
         let dir = tempfile::tempdir().unwrap();
-        let old = Status {
-            boot_id: Some("boot-a".into()),
-            latched_command: Some(2),
-            ..Status::default()
-        };
-        vmmci_report::write_status(dir.path(), &old).unwrap();
-        assert_eq!(previous_latch(dir.path(), Some("boot-a")), Some(2));
-        assert_eq!(previous_latch(dir.path(), Some("boot-b")), None);
-        assert_eq!(previous_latch(dir.path(), None), None);
-        assert_eq!(
-            previous_latch(&dir.path().join("none"), Some("boot-a")),
-            None
+        let hooks_dir = dir.path().join("hooks.d");
+        let marker = dir.path().join("marker");
+        hook(
+            &hooks_dir,
+            "before-reboot",
+            "10-hang",
+            "echo hanging; sleep 30",
         );
+        let mark = format!(
+            "echo \"$VMMCI_EVENT $VMMCI_COMMAND\" > {}",
+            marker.display()
+        );
+        hook(&hooks_dir, "before-reboot", "20-mark", &mark);
+        std::fs::write(hooks_dir.join("before-reboot/30-notes"), "not a hook").unwrap();
+        let vmd = Arc::new(Mutex::new(Vmd::new(
+            VmdConfig::default(),
+            Box::new(vmd_sim::SystemClock),
+        )));
+        let hooks = hooks_in(&hooks_dir, Duration::from_secs(2));
+        let r = Running::start_with(dir.path(), vmd, hooks, read_only_clock());
+        r.wait("DRIVER_OK", driver_ok);
+
+        r.vmd().vmctl_stop().unwrap();
+        let asked = Instant::now();
+        r.wait("the REBOOT's ACK", |r| acked(r, reboot_acked));
+        let ack = asked.elapsed();
+        assert!(ack < Duration::from_secs(1), "ACK took {ack:?}");
+        assert!(r.vmd().request_syncrtc(), "vmd posts SYNCRTC");
+        r.wait("the SYNCRTC's ACK", |r| {
+            acked(r, |k| matches!(k, vmd_sim::EventKind::RtcSyncAcked { .. }))
+        });
+        assert!(
+            r.power.calls().is_empty(),
+            "SYNCRTC acknowledged while the hook hung, before the init command: {:?} after the stop",
+            asked.elapsed()
+        );
+
+        r.wait("the reboot command", |r| !r.power.calls().is_empty());
+        let began = asked.elapsed();
+        assert!(
+            began >= Duration::from_secs(2) && began < Duration::from_secs(6),
+            "init command after {began:?}"
+        );
+        assert_eq!(r.power.calls(), vec![PowerCall::Begin(PowerAction::Reboot)]);
+        assert_eq!(
+            std::fs::read_to_string(&marker).unwrap(),
+            "before-reboot REBOOT\n"
+        );
+        r.wait("the runs in the status file", |_| {
+            read_status(dir.path()).is_ok_and(|s| s.hooks.runs.len() == 2)
+        });
+        let s = read_status(dir.path()).unwrap();
+        let (hang, mark) = (&s.hooks.runs[0], &s.hooks.runs[1]);
+        assert!(hang.program.ends_with("10-hang") && hang.killed, "{hang:?}");
+        assert_eq!((hang.output.as_str(), hang.exit_code), ("hanging\n", None));
+        assert!(
+            hang.duration_ms >= 2000 && hang.duration_ms < 4000,
+            "{hang:?}"
+        );
+        assert!(
+            mark.program.ends_with("20-mark") && mark.success(),
+            "{mark:?}"
+        );
+        assert_eq!(s.hooks.problems.len(), 1, "{:?}", s.hooks.problems);
+        assert!(s.hooks.problems[0].contains("30-notes is not executable"));
+        assert_eq!(r.vmd().ended(), None, "vmd saw the ACK in time");
+        r.stop();
+    }
+
+    /// A SYNCRTC step runs the after-step hooks with the step's facts; a
+    /// hook that hangs there does not hold the loop either: a stop posted
+    /// meanwhile is acknowledged and acted on at once.
+    #[test]
+    fn after_step_hooks_see_the_step_and_never_hold_the_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let hooks_dir = dir.path().join("hooks.d");
+        let seen = dir.path().join("seen");
+        let body = format!(
+            "echo \"$VMMCI_EVENT $VMMCI_CAUSE $VMMCI_COMMAND $VMMCI_STEP_NS\" > {}; sleep 30",
+            seen.display()
+        );
+        hook(&hooks_dir, "after-step", "10-note", &body);
+        let vmd = Arc::new(Mutex::new(Vmd::new(
+            VmdConfig::default(),
+            Box::new(vmd_sim::SystemClock),
+        )));
+        // A guest clock 5 s behind this machine's (only the fake moves).
+        let clock = FakeGuestClock::new(|| SystemClock.now_ns(), -5_000_000_000);
+        let hooks = hooks_in(&hooks_dir, Duration::from_secs(3));
+        let r = Running::start_with(dir.path(), vmd, hooks, clock.clone());
+        r.wait("DRIVER_OK", driver_ok);
+        assert!(r.vmd().request_syncrtc());
+        r.wait("the after-step hook", |_| {
+            std::fs::read_to_string(&seen).is_ok_and(|s| s.ends_with('\n'))
+        });
+        assert_eq!(clock.steps().len(), 1, "stepped once");
+        let text = std::fs::read_to_string(&seen).unwrap();
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(fields[..3], ["after-step", "request", "SYNCRTC"], "{text}");
+        let step_ns: i64 = fields[3].parse().unwrap();
+        assert_eq!(step_ns, clock.steps()[0]);
+        assert!((step_ns - 5_000_000_000).abs() < 100_000_000, "{text}");
+
+        // The hook still hangs: a stop is handled as if it did not.
+        r.vmd().vmctl_stop().unwrap();
+        let asked = Instant::now();
+        r.wait("the reboot command", |r| !r.power.calls().is_empty());
+        assert!(acked(&r, reboot_acked));
+        assert!(
+            asked.elapsed() < Duration::from_millis(1500),
+            "the stop waited for the after-step hook: {:?}",
+            asked.elapsed()
+        );
+        r.wait("the killed hook in the status file", |_| {
+            read_status(dir.path()).is_ok_and(|s| s.hooks.runs.iter().any(|h| h.killed))
+        });
+        r.stop();
     }
 }

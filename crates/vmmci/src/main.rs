@@ -59,7 +59,6 @@ fn main() -> ExitCode {
         Cmd::Status(args) => status::run(&config, args),
         Cmd::Probe(args) => probe::run(&config, args),
         Cmd::Sync(args) => oneshot::sync(&config, args),
-        Cmd::NotifyPoweroff(args) => oneshot::notify_poweroff(&config, args),
         Cmd::Simulate(args) => simulate::run(&config, args),
         Cmd::Generate(args) => generate::run(args),
     };
@@ -84,7 +83,8 @@ fn fail(e: &CliError) -> ExitCode {
 fn init_logging(debug: bool, quiet: bool) {
     let level = match (debug, quiet) {
         (true, _) => tracing::Level::DEBUG,
-        (false, true) => tracing::Level::WARN,
+        // `simulate` tells every decision, warnings included, itself.
+        (false, true) => tracing::Level::ERROR,
         (false, false) => tracing::Level::INFO,
     };
     let builder = tracing_subscriber::fmt()

@@ -1,4 +1,4 @@
-//! One-shot device commands: `sync` and `notify-poweroff`.
+//! One-shot device commands: `sync`.
 
 use std::process::ExitCode;
 
@@ -51,15 +51,16 @@ pub fn sync(config: &Config, args: SyncArgs) -> Result<ExitCode, CliError> {
                 _ => String::new(),
             };
             println!("{outcome}{residual}");
+            if let Outcome::Stepped(st) = &outcome {
+                // Like a SYNCRTC's step in the daemon, with no host command.
+                let hooks = vmmci_actions::Hooks::new(config.hooks.settings());
+                hooks.run(
+                    vmmci_actions::HookEvent::AfterStep,
+                    &vmmci_actions::HookFacts::step(st, None),
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         other => Err(CliError::Failed(other.to_string())),
     }
-}
-
-pub fn notify_poweroff(config: &Config, args: DeviceArg) -> Result<ExitCode, CliError> {
-    let mut agent = agent(config, &args)?;
-    agent.notify_poweroff()?;
-    println!("power-down signalled: vmd ends this VM in 3 s");
-    Ok(ExitCode::SUCCESS)
 }

@@ -4,6 +4,9 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use vmmci_actions::clocksource::{
+    self, HostCpuid, HypervisorFacts, PROC_CPUINFO, SYSFS_CLOCKSOURCE,
+};
 use vmmci_actions::SystemClock;
 use vmmci_agent::{fmt_bound, fmt_ns, Agent};
 use vmmci_protocol::{status, Command, Features, Register};
@@ -76,7 +79,7 @@ pub fn run(config: &Config, args: ProbeArgs) -> Result<ExitCode, CliError> {
     println!(
         "status:    {dev_status:#04x} ({})",
         if dev_status & status::DRIVER_OK != 0 {
-            "DRIVER_OK: an agent is running"
+            "DRIVER_OK: an agent claimed the device (it keeps it set when it exits: see vmmci status)"
         } else {
             "no agent: vmctl stop would kill this VM at once"
         }
@@ -101,5 +104,41 @@ pub fn run(config: &Config, args: ProbeArgs) -> Result<ExitCode, CliError> {
         ),
         Err(e) => println!("host time: unusable: {e}"),
     }
+    print_clock_source();
     Ok(ExitCode::SUCCESS)
+}
+
+/// The guest's clock source, what the host offers, and advice.
+fn print_clock_source() {
+    let hypervisor = HypervisorFacts::read(&HostCpuid);
+    let c = clocksource::read(
+        SYSFS_CLOCKSOURCE.as_ref(),
+        PROC_CPUINFO.as_ref(),
+        &hypervisor,
+    )
+    .advise(None);
+    println!(
+        "clock:     source {} (available: {}); hypervisor {}; kvm-clock {}; TSC {}{}",
+        c.current.as_deref().unwrap_or("unknown"),
+        c.available.join(" "),
+        c.hypervisor.as_deref().unwrap_or("none seen"),
+        if c.kvm_clock_offered {
+            "offered"
+        } else {
+            "not offered"
+        },
+        if c.tsc_constant {
+            "constant"
+        } else {
+            "not constant"
+        },
+        if c.tsc_nonstop {
+            ", nonstop"
+        } else {
+            ", not nonstop"
+        },
+    );
+    for a in &c.advice {
+        println!("advice:    {a}");
+    }
 }

@@ -92,6 +92,12 @@ fn probe_explains_a_device() {
     ] {
         assert!(t.contains(needle), "missing {needle:?} in\n{t}");
     }
+    // This machine's clock source, as its kernel says.
+    let kernel =
+        fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+            .unwrap();
+    let want = format!("clock:     source {} (available: ", kernel.trim());
+    assert!(t.contains(&want), "missing {want:?} in\n{t}");
 }
 
 #[test]
@@ -110,28 +116,11 @@ fn sync_dry_run_prints_offset_and_error_bound() {
 }
 
 #[test]
-fn daemon_handshakes_serves_and_releases_on_sigterm() {
+fn daemon_handshakes_serves_and_keeps_driver_ok_on_sigterm() {
     let root = tempfile::tempdir().unwrap();
     let dev = fake_sysfs(root.path());
     let run = root.path().join("run");
-    let child = Command::new(BIN)
-        .args([
-            "--sysfs-root",
-            root.path().to_str().unwrap(),
-            "daemon",
-            "--poll-interval",
-            "20ms",
-        ])
-        .args(["--run-dir", run.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !run.join("status.json").exists() {
-        assert!(Instant::now() < deadline, "no status file");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let child = start_daemon(root.path(), &run, &[]);
     let regs = fs::read(dev.join("resource0")).unwrap();
     assert_eq!(regs[0x12], 0x7, "DRIVER_OK written to the status register");
     let second = vmmci(&[
@@ -162,20 +151,65 @@ fn daemon_handshakes_serves_and_releases_on_sigterm() {
     assert_eq!(json["device"], "0000:00:05.0");
     assert_eq!(json["poll_interval_ms"], 20);
 
+    terminate(child);
+    let regs = fs::read(dev.join("resource0")).unwrap();
+    assert_eq!(regs[0x12], 0x7, "DRIVER_OK kept on a normal exit");
+    let status = vmmci(&["status", "--run-dir", run.to_str().unwrap()]);
+    assert!(
+        text(&status).contains("state:          exited"),
+        "{}",
+        text(&status)
+    );
+
+    // A restarted agent keeps DRIVER_OK through its handshake; asked to,
+    // it writes status 0 when it leaves.
+    fs::remove_file(run.join("status.json")).unwrap();
+    let again = start_daemon(root.path(), &run, &["--release-on-exit"]);
+    assert_eq!(fs::read(dev.join("resource0")).unwrap()[0x12], 0x7);
+    terminate(again);
+    assert_eq!(
+        fs::read(dev.join("resource0")).unwrap()[0x12],
+        0,
+        "released"
+    );
+    let status = vmmci(&["status", "--run-dir", run.to_str().unwrap()]);
+    assert!(text(&status).contains("state:          released"));
+}
+
+/// `vmmci daemon` on the fake tree, once its status file is there.
+fn start_daemon(
+    root: &std::path::Path,
+    run: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Child {
+    let child = Command::new(BIN)
+        .args(["--sysfs-root", root.to_str().unwrap(), "daemon"])
+        .args([
+            "--poll-interval",
+            "20ms",
+            "--run-dir",
+            run.to_str().unwrap(),
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !run.join("status.json").exists() {
+        assert!(Instant::now() < deadline, "no status file");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+fn terminate(child: std::process::Child) {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
-    );
-    let regs = fs::read(dev.join("resource0")).unwrap();
-    assert_eq!(regs[0x12], 0, "status written back to 0 on a normal exit");
-    let status = vmmci(&["status", "--run-dir", run.to_str().unwrap()]);
-    assert!(
-        text(&status).contains("state:          released"),
-        "{}",
-        text(&status)
     );
 }
 
@@ -227,6 +261,34 @@ fn status_sysctl_keeps_the_old_driver_names_and_the_sign() {
     );
 }
 
+/// A Linux power-off on vmd ends the VM by itself (HLT with interrupts
+/// off): there is no power-down signal to send, in the CLI or its docs.
+#[test]
+fn there_is_no_power_down_signal_command() {
+    let out = vmmci(&["notify-poweroff"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("unrecognized subcommand"),
+        "{}",
+        text(&out)
+    );
+    for args in [
+        &["--help"][..],
+        &["generate", "man"],
+        &["generate", "bash"],
+        &["generate", "zsh"],
+        &["generate", "fish"],
+    ] {
+        let out = vmmci(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        assert!(
+            !text(&out).contains("notify-poweroff"),
+            "{args:?} still offers notify-poweroff:\n{}",
+            text(&out)
+        );
+    }
+}
+
 #[test]
 fn simulate_runs_the_script_and_touches_nothing() {
     let out = vmmci(&["simulate"]);
@@ -244,6 +306,12 @@ fn simulate_runs_the_script_and_touches_nothing() {
     ] {
         assert!(t.contains(needle), "missing {needle:?} in\n{t}");
     }
+    // The 1.5 s boot offset is warned about once, in the narrative only.
+    let warned = t.matches("the host did not ask for a step").count();
+    assert_eq!(
+        warned, 1,
+        "the missed-resume warning {warned} times in\n{t}"
+    );
 }
 
 #[test]
