@@ -13,6 +13,7 @@ pub mod clocksource;
 pub mod hooks;
 mod power;
 pub mod privilege;
+pub mod shutdown_state;
 pub mod time_daemons;
 
 pub use clock::SystemClock;

@@ -8,6 +8,8 @@ use std::time::Duration;
 use tracing::{info, warn};
 use vmmci_agent::{Power, PowerAction, PowerError};
 
+use crate::shutdown_state::ShutdownProbe;
+
 /// Every init system ships these names (systemd, OpenRC, busybox, sysvinit).
 pub const DEFAULT_REBOOT: &[&str] = &["reboot"];
 pub const DEFAULT_POWEROFF: &[&str] = &["poweroff"];
@@ -38,6 +40,7 @@ pub struct InitPower {
     reboot: Vec<String>,
     poweroff: Vec<String>,
     init: Pid1,
+    shutdown: ShutdownProbe,
 }
 
 impl Default for InitPower {
@@ -72,6 +75,7 @@ impl InitPower {
             reboot,
             poweroff,
             init,
+            shutdown: ShutdownProbe::default(),
         }
     }
 
@@ -112,6 +116,13 @@ impl InitPower {
 
 impl Power for InitPower {
     fn begin(&mut self, action: PowerAction) -> Result<(), PowerError> {
+        // The guest's own reboot or power-off is under way: the stop is
+        // acknowledged, and a second command would only disturb it (the
+        // grace sync and the force still stand).
+        if let Some(why) = self.shutdown.under_way() {
+            info!("{action}: the guest is already shutting down ({why}); not asked again");
+            return Ok(());
+        }
         let command = match self.run_command(action) {
             Ok(()) => return Ok(()),
             Err(e) => e,
@@ -236,6 +247,10 @@ mod tests {
             poweroff: vec!["/nonexistent/poweroff".into()],
             // Never signal this machine's PID 1 from a test.
             init: Pid1::Other("test".into()),
+            shutdown: ShutdownProbe {
+                utmp: dir.join("utmp"),
+                openrc_softlevel: dir.join("softlevel"),
+            },
         };
         power.begin(PowerAction::Reboot).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -251,6 +266,12 @@ mod tests {
                     .contains("no known poweroff signal for PID 1 (test)"),
             "{err}"
         );
+        // A guest already going down is not asked again.
+        std::fs::write(dir.join("softlevel"), "reboot\n").unwrap();
+        std::fs::remove_file(&marker).unwrap();
+        power.begin(PowerAction::Reboot).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(!marker.exists(), "reboot argv run during a shutdown");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
