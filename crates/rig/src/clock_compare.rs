@@ -97,11 +97,8 @@ pub fn compare(kernel: &str, minutes: u64) -> Result<Comparison, RigError> {
         distro::install_file(disk, &probe_bin, GUEST_PROBE)
     }));
     let d = distro::boot(&img, o)?;
-    d.start_chrony(&[
-        "sample_interval = \"2s\"",
-        "[chrony]",
-        "socket = \"/run/chrony.vmmci.sock\"",
-    ])?;
+    // As a user has it: chrony installed, the agent and chrony at defaults.
+    d.start_chrony_as_installed()?;
     let subjects = [
         ("step-on-request", step_on_request),
         ("discipline", discipline),

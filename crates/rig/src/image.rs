@@ -344,11 +344,11 @@ echo "RIG: ready"
 
 pub const RC_SHUTDOWN: &str = r#"#!/bin/sh
 # Rig guest: shutdown sequence (busybox init ::shutdown, for halt, poweroff
-# and reboot alike; /sbin/poweroff leaves /run/vmmci-poweroff behind).
+# and reboot alike), as a distro's busybox rc.shutdown. The agent is not
+# stopped first: it lives until the kill of all processes, acknowledging.
+# Nothing is written to vmd: the kernel's final halt (HLT with interrupts
+# off) ends the VM on vmd, and a reboot's reset restarts it.
 echo "RIG: shutdown begin"
-killall -TERM vmmci 2>/dev/null
-i=0
-while pidof vmmci >/dev/null && [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done
 kill -s TERM -1 2>/dev/null
 sleep 0.3
 kill -s KILL -1 2>/dev/null
@@ -362,26 +362,12 @@ if grep -q ' /data ' /proc/mounts && ! grep -q ' /data ext4 ro' /proc/mounts; th
 else
     echo "RIG: fs clean"
 fi
-if [ -e /run/vmmci-poweroff ]; then
-    echo "RIG: notify-poweroff"
-    if [ -x /usr/sbin/vmmci ]; then /usr/sbin/vmmci notify-poweroff; fi
-fi
 echo "RIG: shutdown end"
 "#;
 
 pub const PROFILE: &str = r#"export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PS1='rig# '
 cd /
-# busybox sh prefers its applets to PATH: send these through the files.
-poweroff() { /sbin/poweroff "$@"; }
-reboot() { /sbin/reboot "$@"; }
-halt() { /sbin/halt "$@"; }
-"#;
-
-pub const POWEROFF_WRAPPER: &str = r#"#!/bin/sh
-# Busybox's shutdown actions cannot tell poweroff from reboot: leave a mark.
-touch /run/vmmci-poweroff
-exec /bin/busybox poweroff "$@"
 "#;
 
 fn inittab(agent: Option<&str>) -> String {
@@ -389,9 +375,7 @@ fn inittab(agent: Option<&str>) -> String {
     if let Some(args) = agent {
         s.push_str(&format!("::respawn:/usr/sbin/vmmci {args}\n"));
     }
-    // A login shell (leading '-') reads /etc/profile, which routes
-    // `poweroff` through /sbin/poweroff: Debian's static busybox runs its
-    // own applets before looking at PATH.
+    // A login shell (leading '-') reads /etc/profile.
     s.push_str("ttyS0::respawn:-/bin/sh\n");
     s.push_str("::shutdown:/etc/rc.shutdown\n");
     s.push_str("::ctrlaltdel:/sbin/reboot\n");
@@ -469,13 +453,12 @@ pub fn build_initramfs(kernel: &Kernel, opts: &ImageOptions, out: &Path) -> Resu
         .map_err(|e| RigError::Io(format!("{} --list-full", opts.busybox.display()), e))?;
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
         let applet = applet.trim();
-        if applet.is_empty() || applet == "bin/busybox" || applet == "sbin/poweroff" {
+        if applet.is_empty() || applet == "bin/busybox" {
             continue;
         }
         c.symlink(applet, "/bin/busybox");
     }
     c.symlink("init", "/bin/busybox");
-    c.file("sbin/poweroff", 0o755, POWEROFF_WRAPPER.as_bytes());
 
     let modules = kernel.resolve_modules(GUEST_MODULES)?;
     let mut order = String::new();

@@ -9,9 +9,12 @@ pub mod clock_compare;
 pub mod distro;
 pub mod guest;
 pub mod image;
+pub mod load;
 pub mod proxy;
 pub mod qemu;
+pub mod restart;
 pub mod vm;
+pub mod window;
 
 /// Everything that can go wrong setting up or driving a VM.
 #[derive(Debug)]

@@ -7,7 +7,7 @@
 //! CFGWRITE, BAR_READ, BAR_WRITE and DEVICE_RESET wait for a RET carrying an
 //! 8-byte value; SYNC_SYSMEM and SET_IRQFD get no reply.
 //!
-//! Config space is vmd's vmmci (see `shared/docs/vmd-vmmci.md` §1); BAR0 is
+//! Config space is vmd's vmmci (see `docs/protocol.md`, "The device"); BAR0 is
 //! an I/O BAR whose accesses go to a [`BarDevice`] at `addr - bar_base`.
 
 use std::io::{self, Read, Write};

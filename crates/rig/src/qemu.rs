@@ -54,6 +54,10 @@ type ProxyResult = (ProxyStats, Vec<String>);
 pub struct ConsoleBuf {
     pub data: Vec<u8>,
     pub eof: bool,
+    /// When each chunk of `data` arrived: (end offset, exclusive; time since
+    /// QEMU was spawned), ascending. A byte arrived with the first chunk
+    /// whose end is past it.
+    pub arrivals: Vec<(usize, Duration)>,
 }
 
 pub struct Shared {
@@ -209,8 +213,13 @@ impl Qemu {
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
                 };
+                let at = start.elapsed();
                 let _ = lg.lock().unwrap().write_all(&buf[..n]);
-                sh.console.lock().unwrap().data.extend_from_slice(&buf[..n]);
+                let mut c = sh.console.lock().unwrap();
+                c.data.extend_from_slice(&buf[..n]);
+                let end = c.data.len();
+                c.arrivals.push((end, at));
+                drop(c);
                 sh.console_cv.notify_all();
             }
             sh.console.lock().unwrap().eof = true;
@@ -270,6 +279,13 @@ impl Qemu {
 
     pub fn console_len(&self) -> usize {
         self.shared.console.lock().unwrap().data.len()
+    }
+
+    /// The console output so far, with when each chunk of it arrived (see
+    /// [`ConsoleBuf::arrivals`]).
+    pub fn console_with_arrivals(&self) -> (Vec<u8>, Vec<(usize, Duration)>) {
+        let c = self.shared.console.lock().unwrap();
+        (c.data.clone(), c.arrivals.clone())
     }
 
     pub fn console_tail(&self, n: usize) -> String {

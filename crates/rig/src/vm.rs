@@ -27,8 +27,13 @@ pub enum Outcome {
     AckTimeout,
     /// vmd ended the VM: acknowledged, but no reset within the long timeout.
     LongTimeout,
-    /// vmd ended the VM 3 s after the guest's power-down signal.
+    /// vmd ended the VM 3 s after a guest SHUTDOWN write with nothing
+    /// pending (OpenBSD's power-down signal; the agent never writes it).
     PowerDown,
+    /// The guest halted (a Linux power-off or halt: HLT with interrupts off,
+    /// no ACPI): vmm fails the vcpu (EIO) and vmd ends the VM at once,
+    /// stopping or not. Not a clean stop: vmd logs a failed vcpu.
+    Halted,
     /// `vmctl stop` refused (no DRIVER_OK): vmd ended the VM at once.
     Refused,
     /// `vmctl stop -f`.
@@ -44,6 +49,7 @@ impl From<VmEnd> for Outcome {
             VmEnd::AckTimeout => Outcome::AckTimeout,
             VmEnd::LongTimeout => Outcome::LongTimeout,
             VmEnd::PowerDown => Outcome::PowerDown,
+            VmEnd::Halted => Outcome::Halted,
             VmEnd::Refused => Outcome::Refused,
             VmEnd::Forced => Outcome::Forced,
         }
@@ -104,7 +110,8 @@ impl BarDevice for SharedVmd {
 
 struct VmState {
     ended: Option<Ended>,
-    /// Time the console showed the guest halting (power-off under acpi=off).
+    /// Time the console showed the guest halting (power-off under acpi=off),
+    /// which is when the rig, as vmm would, ended the VM.
     halted_at: Option<Duration>,
     halt_scan: usize,
     /// Host-side actions with their times, for the report.
@@ -125,6 +132,8 @@ pub struct Vm {
     ticker: Option<JoinHandle<()>>,
 }
 
+/// The guest kernel's last line before `cli; hlt` on a power-off or halt
+/// without ACPI (6.12 says "Power off not available: System halted instead").
 const HALT_MARKERS: &[&str] = &[
     "reboot: Power down",
     "System halted",
@@ -166,7 +175,8 @@ impl Inner {
                 self.qemu.kill();
             }
         }
-        // A halted guest (acpi=off): vmd cannot see it, but say when.
+        // A halted guest (acpi=off): QEMU just sits, vmm would fail the
+        // vcpu at the HLT (interrupts off) and vmd end the VM at once.
         if self.state.lock().unwrap().halted_at.is_none() {
             let (from, text) = {
                 let c = self.qemu.shared.console.lock().unwrap();
@@ -187,7 +197,17 @@ impl Inner {
                 let at = self.qemu.elapsed();
                 self.state.lock().unwrap().halted_at = Some(at);
                 self.qemu.log_line("guest halted (console)");
-                self.vmd.lock().unwrap().guest_poweroff_halt();
+                let end = {
+                    let mut v = self.vmd.lock().unwrap();
+                    v.guest_poweroff_halt();
+                    v.ended()
+                };
+                if let Some(end) = end {
+                    // Halted, or what ended it before (the record keeps the first).
+                    self.record(end.into(), format!("vmm/vmd: {end}"), None);
+                }
+                // As vmm does: the guest has no say after its HLT.
+                self.qemu.kill();
             }
         }
         if let Some(status) = self.qemu.try_wait() {
