@@ -50,8 +50,7 @@ fn utmp_runlevel(path: &Path) -> Option<u8> {
     let bytes = std::fs::read(path).ok()?;
     bytes
         .chunks_exact(UTMP_RECORD)
-        .filter(|r| i16::from_ne_bytes([r[0], r[1]]) == RUN_LVL)
-        .last()
+        .rfind(|r| i16::from_ne_bytes([r[0], r[1]]) == RUN_LVL)
         .map(|r| i32::from_ne_bytes([r[4], r[5], r[6], r[7]]).to_le_bytes()[0])
 }
 
