@@ -47,6 +47,34 @@ impl ClockSource {
         self.current.as_deref().is_some_and(|c| POOR.contains(&c))
     }
 
+    /// One line for people: `tsc (available: tsc hpet); hypervisor
+    /// OpenBSDVMM58, kvm-clock not offered; TSC: constant, no nonstop`.
+    pub fn summary(&self) -> String {
+        let flag = |on: bool, name: &str| {
+            if on {
+                name.to_string()
+            } else {
+                format!("no {name}")
+            }
+        };
+        format!(
+            "{} (available: {}); hypervisor {}, kvm-clock {}; TSC: {}, {}{}",
+            self.current.as_deref().unwrap_or("unknown"),
+            self.available.join(" "),
+            self.hypervisor.as_deref().unwrap_or("unknown"),
+            if self.kvm_clock_offered {
+                "offered"
+            } else {
+                "not offered"
+            },
+            flag(self.tsc_constant, "constant"),
+            flag(self.tsc_nonstop, "nonstop"),
+            self.drift_ppm
+                .map(|p| format!("; drift {p:+.1} ppm"))
+                .unwrap_or_default()
+        )
+    }
+
     /// Fill in the drift rate and the advice from the facts.
     pub fn advise(mut self, drift_ppm: Option<f64>) -> ClockSource {
         self.drift_ppm = drift_ppm;

@@ -111,30 +111,7 @@ fn render_clock_source(out: &mut String, s: &Status) {
     let Some(c) = &s.clock_source else {
         return;
     };
-    let flag = |on: bool, name: &str| {
-        if on {
-            name.to_string()
-        } else {
-            format!("no {name}")
-        }
-    };
-    let _ = writeln!(
-        out,
-        "clock source:   {} (available: {}); hypervisor {}, kvm-clock {}; TSC: {}, {}{}",
-        c.current.as_deref().unwrap_or("unknown"),
-        c.available.join(" "),
-        c.hypervisor.as_deref().unwrap_or("unknown"),
-        if c.kvm_clock_offered {
-            "offered"
-        } else {
-            "not offered"
-        },
-        flag(c.tsc_constant, "constant"),
-        flag(c.tsc_nonstop, "nonstop"),
-        c.drift_ppm
-            .map(|p| format!("; drift {p:+.1} ppm"))
-            .unwrap_or_default()
-    );
+    let _ = writeln!(out, "clock source:   {}", c.summary());
     for a in &c.advice {
         let _ = writeln!(out, "ADVICE:         {a}");
     }

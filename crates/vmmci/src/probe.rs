@@ -117,27 +117,7 @@ fn print_clock_source() {
         &hypervisor,
     )
     .advise(None);
-    println!(
-        "clock:     source {} (available: {}); hypervisor {}; kvm-clock {}; TSC {}{}",
-        c.current.as_deref().unwrap_or("unknown"),
-        c.available.join(" "),
-        c.hypervisor.as_deref().unwrap_or("none seen"),
-        if c.kvm_clock_offered {
-            "offered"
-        } else {
-            "not offered"
-        },
-        if c.tsc_constant {
-            "constant"
-        } else {
-            "not constant"
-        },
-        if c.tsc_nonstop {
-            ", nonstop"
-        } else {
-            ", not nonstop"
-        },
-    );
+    println!("clock:     source {}", c.summary());
     for a in &c.advice {
         println!("advice:    {a}");
     }
