@@ -1685,6 +1685,15 @@ fn o_openrc_guest_reboot_then_vmctl_stop_acknowledged() {
     );
     assert!(ack < ACK_DEADLINE, "ACK after {ack:?}\n{}", d.dump());
     assert_agent_not_stopped(&d, from, Init::OpenRc);
+    let text = console_since(&d, from);
+    assert!(
+        text.contains("Will now restart.") || !text.contains("reboot: Restarting system"),
+        "the VM reset before runlevel 6 had run (no \"Will now restart.\"): a reboot(2) \
+         cut the shutdown short. sysvinit's reboot(8) in runlevel 0 or 6 does not go \
+         through shutdown(8) but syncs and calls reboot(2) at once, so the agent must not \
+         run it while a shutdown is under way\n{}",
+        d.dump()
+    );
     assert_in_order(
         &d,
         from,
