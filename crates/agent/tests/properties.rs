@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use vmd_sim::{EventKind, HostClock, ManualClock, SimBar, VmEnd, Vmd, VmdConfig};
+use vmd_sim::{EventKind, HostClock, ManualClock, SimBar, VmEnd, Vmd, VmdConfig, VmmciCmd};
 use vmmci_agent::fakes::{FakeGuestClock, PowerCall, RecordingPower};
 use vmmci_agent::{Agent, AgentConfig, GuestClock, Outcome, PowerAction};
 use vmmci_protocol::{Command, NANOS_PER_SEC};
@@ -100,12 +100,12 @@ fn stop_overwritten_before_ack(vmd: &Vmd) -> bool {
     for e in vmd.events() {
         match &e.kind {
             EventKind::Posted {
-                cmd: Command::Reboot | Command::Shutdown,
+                cmd: VmmciCmd::Reboot | VmmciCmd::Shutdown,
                 ..
             } => pending_stop = true,
             EventKind::Ack { .. } => pending_stop = false,
             EventKind::Posted {
-                cmd: Command::SyncRtc,
+                cmd: VmmciCmd::SyncRtc,
                 ..
             }
             | EventKind::RawCommand { .. }
@@ -119,7 +119,7 @@ fn stop_overwritten_before_ack(vmd: &Vmd) -> bool {
     false
 }
 
-fn posted(vmd: &Vmd, cmd: Command) -> bool {
+fn posted(vmd: &Vmd, cmd: VmmciCmd) -> bool {
     vmd.events()
         .iter()
         .any(|e| matches!(&e.kind, EventKind::Posted { cmd: c, .. } if *c == cmd))
@@ -271,8 +271,8 @@ fn check(w: &World) -> Result<(), TestCaseError> {
     );
     for a in &begins {
         let cmd = match a {
-            PowerAction::Reboot => Command::Reboot,
-            PowerAction::Poweroff => Command::Shutdown,
+            PowerAction::Reboot => VmmciCmd::Reboot,
+            PowerAction::Poweroff => VmmciCmd::Shutdown,
         };
         prop_assert!(posted(&vmd, cmd), "{a} begun but vmd never posted {cmd}");
     }
@@ -283,7 +283,7 @@ fn check(w: &World) -> Result<(), TestCaseError> {
     prop_assert!(forces <= 1, "forced {forces} times: {calls:?}");
     if !w.clock.steps().is_empty() {
         prop_assert!(
-            posted(&vmd, Command::SyncRtc),
+            posted(&vmd, VmmciCmd::SyncRtc),
             "clock stepped with no SYNCRTC"
         );
     }

@@ -5,8 +5,7 @@
 
 use std::time::Duration;
 
-use vmd_sim::EventKind;
-use vmmci_protocol::Command;
+use vmd_sim::{EventKind, VmmciCmd};
 
 use crate::vm::{Ended, Vm};
 use crate::RigError;
@@ -112,14 +111,14 @@ pub fn stop_and_time(vm: &Vm, timeout: Duration) -> Result<Stop, RigError> {
         let evs = &v.events()[ev0.min(v.events().len())..];
         let posted = evs.iter().find_map(|e| match e.kind {
             EventKind::Posted {
-                cmd: Command::Reboot,
+                cmd: VmmciCmd::Reboot,
                 ..
             } => Some(e.at),
             _ => None,
         })?;
         evs.iter().find_map(|e| match e.kind {
             EventKind::Ack {
-                cmd: Command::Reboot,
+                cmd: VmmciCmd::Reboot,
                 ..
             } if e.at >= posted => Some(e.at - posted),
             _ => None,

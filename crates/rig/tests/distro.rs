@@ -18,7 +18,7 @@
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use vmd_sim::{EventKind, VmEnd};
+use vmd_sim::{EventKind, VmEnd, VmmciCmd};
 use vmmci_protocol::timeouts::SHUTDOWN_LONG;
 use vmmci_protocol::{status, Command};
 use vmmci_rig::distro::{self, BootOptions, Distro, Image, Init};
@@ -192,7 +192,7 @@ fn acked_reboot(evs: &[EventKind]) -> bool {
         matches!(
             k,
             EventKind::Ack {
-                cmd: Command::Reboot,
+                cmd: VmmciCmd::Reboot,
                 ..
             }
         )
@@ -644,7 +644,7 @@ fn e_vmctl_stop_while_agent_dead() {
     let acked_at = d.vm.with_vmd(|v| {
         v.events()[ev0..].iter().find_map(|ev| match ev.kind {
             EventKind::Ack {
-                cmd: Command::Reboot,
+                cmd: VmmciCmd::Reboot,
                 ..
             } => Some(ev.at),
             _ => None,
@@ -1078,8 +1078,8 @@ fn o_openrc_agent_sigkill_respawned() {
 mod issue10_restart {
     use super::*;
 
-    use vmd_sim::{AccessTrigger, HostAction};
-    use vmmci_protocol::{timeouts, Register};
+    use vmd_sim::{AccessTrigger, HostAction, Reg};
+    use vmmci_protocol::timeouts;
     use vmmci_rig::restart::{self, StatusWatch};
 
     /// `systemctl restart vmmci.service` (SIGTERM to the agent, then a new
@@ -1101,7 +1101,7 @@ mod issue10_restart {
         // did at its start and never again, so this is the new agent's.
         d.vm.with_vmd(|v| {
             v.schedule(
-                AccessTrigger::Before(Register::DeviceFeatures),
+                AccessTrigger::Before(Reg::DeviceFeatures),
                 HostAction::VmctlStop,
             )
         });
@@ -1156,7 +1156,7 @@ mod issue10_restart {
             matches!(
                 k,
                 EventKind::StopRequested {
-                    cmd: Command::Reboot
+                    cmd: VmmciCmd::Reboot
                 }
             )
         });
@@ -1164,7 +1164,7 @@ mod issue10_restart {
             matches!(
                 k,
                 EventKind::Ack {
-                    cmd: Command::Reboot,
+                    cmd: VmmciCmd::Reboot,
                     ..
                 }
             )
@@ -1251,7 +1251,7 @@ fn is_reboot_posted(k: &EventKind) -> bool {
     matches!(
         k,
         EventKind::Posted {
-            cmd: Command::Reboot,
+            cmd: VmmciCmd::Reboot,
             ..
         }
     )
@@ -1261,7 +1261,7 @@ fn is_reboot_ack(k: &EventKind) -> bool {
     matches!(
         k,
         EventKind::Ack {
-            cmd: Command::Reboot,
+            cmd: VmmciCmd::Reboot,
             ..
         }
     )

@@ -10,7 +10,7 @@
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use vmd_sim::EventKind;
+use vmd_sim::{EventKind, VmmciCmd};
 use vmmci_protocol::{status, Command};
 use vmmci_rig::clock;
 use vmmci_rig::guest::{self, Booted, Guest};
@@ -304,7 +304,7 @@ fn vmctl_stop_clean(kernel: &str) {
         evs.iter().any(|k| matches!(
             k,
             EventKind::Ack {
-                cmd: Command::Reboot,
+                cmd: VmmciCmd::Reboot,
                 ..
             }
         )),
@@ -412,7 +412,7 @@ fn d_host_shutdown_acked_then_the_halt_ends_the_vm() {
         evs.iter().any(|k| matches!(
             k,
             EventKind::Ack {
-                cmd: Command::Shutdown,
+                cmd: VmmciCmd::Shutdown,
                 ..
             }
         )),
@@ -529,7 +529,7 @@ fn g_host_clock_forward_syncrtc() {
         evs.iter().any(|k| matches!(
             k,
             EventKind::Posted {
-                cmd: Command::SyncRtc,
+                cmd: VmmciCmd::SyncRtc,
                 ..
             }
         )),
@@ -564,7 +564,7 @@ fn h_host_clock_backward_explicit_syncrtc() {
         !evs.iter().any(|k| matches!(
             k,
             EventKind::Posted {
-                cmd: Command::SyncRtc,
+                cmd: VmmciCmd::SyncRtc,
                 ..
             }
         )),
@@ -996,8 +996,8 @@ fn qemu_missing_is_an_error() {
 mod issue10 {
     use super::*;
 
-    use vmd_sim::{AccessTrigger, Event, HostAction};
-    use vmmci_protocol::{timeouts, Register};
+    use vmd_sim::{AccessTrigger, Event, HostAction, Reg};
+    use vmmci_protocol::timeouts;
     use vmmci_rig::restart::{self, StatusWatch};
 
     const STATUS_FILE: &str = "/run/vmmci/status.json";
@@ -1024,7 +1024,7 @@ mod issue10 {
         matches!(
             k,
             EventKind::Ack {
-                cmd: Command::Reboot,
+                cmd: VmmciCmd::Reboot,
                 ..
             }
         )
@@ -1034,7 +1034,7 @@ mod issue10 {
         matches!(
             k,
             EventKind::StopRequested {
-                cmd: Command::Reboot
+                cmd: VmmciCmd::Reboot
             }
         )
     }
@@ -1095,7 +1095,7 @@ mod issue10 {
                             matches!(
                                 e.kind,
                                 EventKind::Posted {
-                                    cmd: Command::SyncRtc,
+                                    cmd: VmmciCmd::SyncRtc,
                                     ..
                                 }
                             )
@@ -1106,7 +1106,7 @@ mod issue10 {
             );
             b.vm.with_vmd(|v| {
                 v.schedule(
-                    AccessTrigger::Before(Register::Command),
+                    AccessTrigger::Before(Reg::Command),
                     HostAction::RequestSyncRtc,
                 );
                 v.schedule(AccessTrigger::After(k), HostAction::VmctlStop);
@@ -1122,7 +1122,7 @@ mod issue10 {
                 matches!(
                     k,
                     EventKind::Posted {
-                        cmd: Command::SyncRtc,
+                        cmd: VmmciCmd::SyncRtc,
                         ..
                     }
                 )
@@ -1131,7 +1131,7 @@ mod issue10 {
                 matches!(
                     k,
                     EventKind::CtlAlreadyPending {
-                        cmd: Command::SyncRtc
+                        cmd: VmmciCmd::SyncRtc
                     }
                 )
             });
@@ -1155,7 +1155,7 @@ mod issue10 {
                 matches!(
                     k,
                     EventKind::CtlAlreadyPending {
-                        cmd: Command::SyncRtc
+                        cmd: VmmciCmd::SyncRtc
                     }
                 )
             });
@@ -1259,7 +1259,7 @@ mod issue10 {
         if let StopAt::InNewHandshake = at {
             b.vm.with_vmd(|v| {
                 v.schedule(
-                    AccessTrigger::Before(Register::DeviceFeatures),
+                    AccessTrigger::Before(Reg::DeviceFeatures),
                     HostAction::VmctlStop,
                 )
             });
@@ -1631,7 +1631,7 @@ fn t_hooks_before_reboot_and_after_step() {
         matches!(
             k,
             EventKind::Posted {
-                cmd: Command::Reboot,
+                cmd: VmmciCmd::Reboot,
                 ..
             }
         )
@@ -1640,7 +1640,7 @@ fn t_hooks_before_reboot_and_after_step() {
         matches!(
             k,
             EventKind::Ack {
-                cmd: Command::Reboot,
+                cmd: VmmciCmd::Reboot,
                 ..
             }
         )

@@ -156,6 +156,8 @@ impl HostClock for SkewedClock {
     }
 }
 
+pub(crate) const NANOS_PER_SEC: i64 = 1_000_000_000;
+
 /// A duration in ns, saturated to `i64` (292 years).
 pub(crate) fn duration_ns(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)

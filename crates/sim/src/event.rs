@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use vmmci_protocol::{Command, Register, Width};
+use crate::vmd_tables::{Reg, VmmciCmd};
 
 /// How the VM ended. vmd never restarts a VM that ended one of these ways.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -65,9 +65,9 @@ impl fmt::Display for Event {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventKind {
     /// A write vmd logs as illegal (device features, queue size, ISR).
-    IllegalWrite { reg: Register, value: u32 },
+    IllegalWrite { reg: Reg, value: u32 },
     /// A write to a time register; vmd drops it without a word.
-    IgnoredWrite { reg: Register, value: u32 },
+    IgnoredWrite { reg: Reg, value: u32 },
     /// A COMMAND write that is not one of the four commands.
     IllegalRequest { value: u32 },
     /// Status 0 written while a command, ISR or timer was live: vmd only
@@ -75,27 +75,27 @@ pub enum EventKind {
     StatusZero { pending: u32 },
     /// `vmmci_ctl` posted a command; `timer` is the ACK timeout it armed.
     Posted {
-        cmd: Command,
+        cmd: VmmciCmd,
         timer: Option<Duration>,
     },
     /// `vmmci_ctl` refused: no DRIVER_OK.
-    CtlRefused { cmd: Command },
+    CtlRefused { cmd: VmmciCmd },
     /// `vmmci_ctl` with the pending command: nothing done, no timer.
-    CtlAlreadyPending { cmd: Command },
+    CtlAlreadyPending { cmd: VmmciCmd },
     /// SYNCRTC requested but the guest did not accept the feature.
     RtcSyncSkipped,
     /// Test hook: a raw value put in COMMAND.
     RawCommand { value: u32 },
     /// The guest wrote back the pending SHUTDOWN/REBOOT.
-    Ack { cmd: Command, long: Duration },
+    Ack { cmd: VmmciCmd, long: Duration },
     /// SHUTDOWN/REBOOT written that matches nothing: vmd does nothing.
-    AckIgnored { cmd: Command, pending: u32 },
+    AckIgnored { cmd: VmmciCmd, pending: u32 },
     /// SHUTDOWN written with nothing pending: the guest is powering down.
     GuestShutdown { timeout: Duration },
     /// SYNCRTC written: vmd clears the pending command, whatever it was.
     RtcSyncAcked { was: u32 },
     /// Non-forced stop: VM marked stopping, command about to be sent.
-    StopRequested { cmd: Command },
+    StopRequested { cmd: VmmciCmd },
     /// A second non-forced stop while one is in progress.
     AlreadyStopping,
     /// The host clock was stepped by this much.
@@ -211,8 +211,8 @@ pub enum ViolationReason {
     BadSize,
     /// vmd decodes nothing here: a read returns the guest's stale EAX.
     Undecoded,
-    /// A decoded register, but not at its natural width.
-    WrongWidth { reg: Register, natural: Width },
+    /// A decoded register, but not at its natural width (`natural` bytes).
+    WrongWidth { reg: Reg, natural: u8 },
 }
 
 impl fmt::Display for ViolationReason {
@@ -227,7 +227,7 @@ impl fmt::Display for ViolationReason {
                 )
             }
             ViolationReason::WrongWidth { reg, natural } => {
-                write!(f, "{} is {} byte(s) wide", reg.name(), natural.bytes())
+                write!(f, "{} is {natural} byte(s) wide", reg.name())
             }
         }
     }
@@ -264,7 +264,7 @@ mod tests {
     #[test]
     fn log_lines_read_like_vmd() {
         let ack = EventKind::Ack {
-            cmd: Command::Reboot,
+            cmd: VmmciCmd::Reboot,
             long: Duration::from_secs(120),
         };
         assert_eq!(
@@ -287,7 +287,7 @@ mod tests {
         );
         assert_eq!(
             EventKind::Posted {
-                cmd: Command::Reboot,
+                cmd: VmmciCmd::Reboot,
                 timer: Some(Duration::from_millis(2500))
             }
             .to_string(),
@@ -310,8 +310,8 @@ mod tests {
             size: 4,
             write: true,
             reason: ViolationReason::WrongWidth {
-                reg: Register::DeviceStatus,
-                natural: Width::Byte,
+                reg: Reg::DeviceStatus,
+                natural: 1,
             },
         };
         assert_eq!(

@@ -2,9 +2,16 @@
 //! `docs/protocol.md`, quirks included.
 //!
 //! - [`Vmd`] is the device plus the vmd logic around it: the guest side is
-//!   [`Vmd::bar_read`]/[`Vmd::bar_write`] (offset within BAR0, 1/2/4 bytes),
-//!   the host side is what vmctl and vmd do ([`Vmd::vmctl_stop`],
-//!   [`Vmd::jump_host_clock`], [`Vmd::guest_reset`], ...).
+//!   raw port accesses, [`Vmd::bar_read`]/[`Vmd::bar_in`]/[`Vmd::bar_write`]
+//!   (offset within BAR0, 1/2/4 bytes), the host side is what vmctl and vmd
+//!   do ([`Vmd::vmctl_stop`], [`Vmd::jump_host_clock`], [`Vmd::guest_reset`],
+//!   ...).
+//! - [`vmd_tables`] holds the model's numbers (register offsets, commands,
+//!   status and feature bits, PCI ids, timeouts), transcribed from vmd's
+//!   sources and not shared with `vmmci-protocol`, so the two can disagree.
+//! - The model reports what it does to a [`VmdEvents`]; the default,
+//!   [`Recorder`], keeps the log, the access violations and the guest's
+//!   writes, read through [`Vmd::events`], [`Vmd::violations`], ...
 //! - [`SimBar`] puts it behind the agent's
 //!   [`RegisterIo`](vmmci_transport::RegisterIo), and can inject I/O faults.
 //! - [`HostClock`] abstracts the host's realtime and monotonic clocks;
@@ -19,11 +26,11 @@
 //! ```
 //! use std::time::Duration;
 //! use vmd_sim::{ManualClock, Vmd, VmdConfig, VmEnd};
-//! use vmmci_protocol::Register;
+//! use vmd_sim::vmd_tables::Reg;
 //!
 //! let clock = ManualClock::new(1_750_000_000_000_000_000);
 //! let mut vmd = Vmd::new(VmdConfig::default(), Box::new(clock.clone()));
-//! vmd.bar_write(Register::DEVICE_STATUS, 1, 7); // DRIVER_OK
+//! vmd.bar_write(Reg::DEVICE_STATUS, 1, 7);      // DRIVER_OK
 //! vmd.vmctl_stop().unwrap();                   // posts REBOOT
 //! clock.advance(Duration::from_secs(3));       // nobody acknowledges
 //! vmd.poll();
@@ -36,8 +43,12 @@ mod bar;
 mod clock;
 mod device;
 mod event;
+mod recorder;
+pub mod vmd_tables;
 
 pub use bar::{FaultInjector, SimBar};
 pub use clock::{HostClock, ManualClock, SkewedClock, SystemClock};
 pub use device::{AccessTrigger, ArmedTimer, HostAction, StopRefused, TimerKind, Vmd, VmdConfig};
 pub use event::{AccessViolation, Event, EventKind, ViolationReason, VmEnd};
+pub use recorder::{Recorder, VmdEvents};
+pub use vmd_tables::{Reg, VmmciCmd};

@@ -527,7 +527,7 @@ mod tests {
         assert!(next.vmd().events().iter().any(|e| matches!(
             e.kind,
             vmd_sim::EventKind::Ack {
-                cmd: Command::Reboot,
+                cmd: vmd_sim::VmmciCmd::Reboot,
                 ..
             }
         )));
@@ -609,7 +609,7 @@ mod tests {
         matches!(
             k,
             vmd_sim::EventKind::Ack {
-                cmd: Command::Reboot,
+                cmd: vmd_sim::VmmciCmd::Reboot,
                 ..
             }
         )

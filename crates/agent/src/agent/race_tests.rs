@@ -2,7 +2,7 @@
 //! accesses of the agent (while it handles SYNCRTC, while a restarted agent
 //! redoes its handshake) must still end in a clean stop.
 
-use vmd_sim::{AccessTrigger, HostAction};
+use vmd_sim::{AccessTrigger, HostAction, Reg, VmmciCmd};
 
 use super::*;
 
@@ -52,7 +52,7 @@ fn fate(
         matches!(
             e.kind,
             EventKind::Ack {
-                cmd: Command::Reboot,
+                cmd: VmmciCmd::Reboot,
                 ..
             }
         )
@@ -122,7 +122,7 @@ fn syncrtc_is_acknowledged_before_the_step_and_command_read_again_after() {
     assert!(rig.vmd().request_syncrtc());
     // Before the first time read of the step: after the ACK.
     rig.vmd().schedule(
-        AccessTrigger::Before(Register::TimeSecLow),
+        AccessTrigger::Before(Reg::TimeSecLow),
         HostAction::VmctlStop,
     );
     let handled = agent.tick(POLL).unwrap().handled.unwrap();

@@ -28,8 +28,7 @@
 
 use std::time::Duration;
 
-use vmd_sim::EventKind;
-use vmmci_protocol::Command;
+use vmd_sim::{EventKind, VmmciCmd};
 use vmmci_rig::clock::median;
 use vmmci_rig::distro::{self, BootOptions, Image, Init};
 use vmmci_rig::guest::{self, Booted, Guest};
@@ -153,7 +152,7 @@ fn stops(kernel: &str, n: usize) -> Result<StopRun, RigError> {
                         && matches!(
                             e.kind,
                             EventKind::Ack {
-                                cmd: Command::Reboot,
+                                cmd: VmmciCmd::Reboot,
                                 ..
                             }
                         )
