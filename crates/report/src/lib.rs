@@ -14,8 +14,8 @@ mod store;
 mod timefmt;
 
 use serde::{Deserialize, Serialize};
-use vmmci_agent::Snapshot;
-use vmmci_protocol::Drift;
+use vmmci_agent::{ClockReport, CommandRecord, DriftPoint, Snapshot, StepRecord};
+use vmmci_protocol::{Drift, Features};
 
 use crate::clocksource::{drift_rate_ppm, ClockSource};
 pub use crate::hooks::{HookRunStatus, HooksStatus};
@@ -148,15 +148,7 @@ pub struct ProcessInfo {
 
 impl Status {
     pub fn from_snapshot(s: &Snapshot, p: &ProcessInfo) -> Status {
-        let drift_history: Vec<DriftEntry> = s
-            .drift_history
-            .iter()
-            .map(|d| DriftEntry {
-                at_ns: d.at_ns,
-                offset_ns: d.offset_ns,
-                round_trip_ns: d.round_trip_ns,
-            })
-            .collect();
+        let drift_history: Vec<DriftEntry> = s.drift_history.iter().map(DriftEntry::from).collect();
         // While `discipline` holds the offset near zero, the rate it
         // learned is the guest's drift.
         let drift_ppm = s
@@ -169,25 +161,14 @@ impl Status {
             boot_id: p.boot_id.clone(),
             device: p.device.clone(),
             state: s.state.name().to_string(),
-            features_offered: s
-                .features_offered
-                .names()
-                .iter()
-                .map(|n| n.to_string())
-                .collect(),
-            features: s.features.names().iter().map(|n| n.to_string()).collect(),
+            features_offered: names(s.features_offered),
+            features: names(s.features),
             poll_interval_ms: s.poll_interval.as_millis() as u64,
             sample_interval_ms: s.sample_interval.as_millis() as u64,
             started_at_ns: p.started_at_ns,
             updated_at_ns: p.now_ns,
             polls: s.polls,
-            last_command: s.last_command.as_ref().map(|c| CommandStatus {
-                name: c.name(),
-                raw: c.raw,
-                at_ns: c.at_ns,
-                acked: c.acked,
-                outcome: c.outcome.to_string(),
-            }),
+            last_command: s.last_command.as_ref().map(CommandStatus::from),
             drift_ns: s.last_drift.map(|d| d.offset_ns),
             round_trip_ns: s.last_drift.map(|d| d.round_trip_ns),
             error_bound_ns: s.last_drift.map(|d| d.error_bound_ns),
@@ -196,34 +177,11 @@ impl Status {
             drift_max_ns: s.drift_max_ns,
             drift_samples: s.drift_samples,
             drift_history,
-            last_step: s.last_step.map(|st| StepStatus {
-                cause: st.cause.name().to_string(),
-                at_ns: st.at_ns,
-                delta_ns: st.delta_ns,
-                error_bound_ns: st.error_bound_ns,
-                residual_ns: st.residual_ns,
-            }),
+            last_step: s.last_step.as_ref().map(StepStatus::from),
             latched_command: s.latched,
             last_error: p.last_error.clone().or_else(|| s.last_sample_error.clone()),
-            clock: ClockStatus {
-                mode: s.clock.mode.name().to_string(),
-                step_threshold_ns: s.clock.step_threshold_ns,
-                frequency_ppm: s.clock.frequency_ppm,
-                learned_frequency_ppm: s.clock.learned_frequency_ppm,
-                steps_requested: s.clock.steps_requested,
-                steps_periodic: s.clock.steps_periodic,
-                slews: s.clock.slews,
-                disciplined_by: s.clock.disciplined_by.clone(),
-                last_decision: s.clock.last_decision.clone(),
-                warning: s.clock.warning.clone(),
-                chrony: p.chrony.clone(),
-            },
-            commands: CommandCounts {
-                reboot: s.commands.reboot,
-                shutdown: s.commands.shutdown,
-                syncrtc: s.commands.syncrtc,
-                unknown: s.commands.unknown,
-            },
+            clock: ClockStatus::new(&s.clock, p.chrony.clone()),
+            commands: CommandCounts::from(&s.commands),
             clock_source: p.clock_source.clone().map(|c| c.advise(drift_ppm)),
             hooks: p.hooks.clone(),
         }
@@ -235,12 +193,80 @@ impl Status {
     }
 }
 
+fn names(features: Features) -> Vec<String> {
+    features.names().iter().map(|n| n.to_string()).collect()
+}
+
+impl From<&CommandRecord> for CommandStatus {
+    fn from(c: &CommandRecord) -> CommandStatus {
+        CommandStatus {
+            name: c.name(),
+            raw: c.raw,
+            at_ns: c.at_ns,
+            acked: c.acked,
+            outcome: c.outcome.to_string(),
+        }
+    }
+}
+
+impl From<&DriftPoint> for DriftEntry {
+    fn from(d: &DriftPoint) -> DriftEntry {
+        DriftEntry {
+            at_ns: d.at_ns,
+            offset_ns: d.offset_ns,
+            round_trip_ns: d.round_trip_ns,
+        }
+    }
+}
+
+impl From<&StepRecord> for StepStatus {
+    fn from(st: &StepRecord) -> StepStatus {
+        StepStatus {
+            cause: st.cause.name().to_string(),
+            at_ns: st.at_ns,
+            delta_ns: st.delta_ns,
+            error_bound_ns: st.error_bound_ns,
+            residual_ns: st.residual_ns,
+        }
+    }
+}
+
+impl ClockStatus {
+    /// The clock policy's report, and how the chrony feed is doing.
+    fn new(c: &ClockReport, chrony: Option<String>) -> ClockStatus {
+        ClockStatus {
+            mode: c.mode.name().to_string(),
+            step_threshold_ns: c.step_threshold_ns,
+            frequency_ppm: c.frequency_ppm,
+            learned_frequency_ppm: c.learned_frequency_ppm,
+            steps_requested: c.steps_requested,
+            steps_periodic: c.steps_periodic,
+            slews: c.slews,
+            disciplined_by: c.disciplined_by.clone(),
+            last_decision: c.last_decision.clone(),
+            warning: c.warning.clone(),
+            chrony,
+        }
+    }
+}
+
+impl From<&vmmci_agent::CommandCounts> for CommandCounts {
+    fn from(c: &vmmci_agent::CommandCounts) -> CommandCounts {
+        CommandCounts {
+            reboot: c.reboot,
+            shutdown: c.shutdown,
+            syncrtc: c.syncrtc,
+            unknown: c.unknown,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
-    use vmmci_agent::{CommandRecord, DriftPoint, Outcome, PowerAction, State};
-    use vmmci_protocol::{Command, Features};
+    use vmmci_agent::{Outcome, PowerAction, State};
+    use vmmci_protocol::Command;
 
     pub(crate) fn sample_status() -> Status {
         let snap = Snapshot {

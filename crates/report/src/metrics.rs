@@ -59,37 +59,32 @@ pub fn render_prometheus(s: &Status) -> String {
         );
     }
     let secs = |ns: Option<i64>| ns.map(|n| format!("{:.9}", n as f64 * 1e-9));
-    if let Some(v) = secs(s.drift_ns) {
-        metric(
+    // The last sample's gauges, when there is one.
+    for (name, help, value) in [
+        (
             "clock_offset_seconds",
-            "gauge",
             "Host minus guest clock at the last sample (positive: the guest is behind).",
-            &[("", v)],
-        );
-    }
-    if let Some(v) = secs(s.error_bound_ns) {
-        metric(
+            secs(s.drift_ns),
+        ),
+        (
             "clock_error_bound_seconds",
-            "gauge",
             "Bound on the last sample's error: half its round trip plus the host's 1 us.",
-            &[("", v)],
-        );
-    }
-    if let Some(v) = secs(s.round_trip_ns) {
-        metric(
+            secs(s.error_bound_ns),
+        ),
+        (
             "sample_round_trip_seconds",
-            "gauge",
             "Guest time the last sample's host time read took.",
-            &[("", v)],
-        );
-    }
-    if let Some(f) = s.clock.frequency_ppm {
-        metric(
+            secs(s.round_trip_ns),
+        ),
+        (
             "clock_frequency_ppm",
-            "gauge",
             "Frequency correction the agent last set (discipline mode).",
-            &[("", format!("{f:.3}"))],
-        );
+            s.clock.frequency_ppm.map(|f| format!("{f:.3}")),
+        ),
+    ] {
+        if let Some(v) = value {
+            metric(name, "gauge", help, &[("", v)]);
+        }
     }
     metric(
         "clock_samples_total",

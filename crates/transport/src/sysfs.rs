@@ -26,14 +26,8 @@ pub struct SysfsBar {
 impl SysfsBar {
     /// Open for reading and writing (root only: the file is mode 0600).
     pub fn open(path: &Path) -> Result<SysfsBar, TransportError> {
-        let display = path.display().to_string();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| open_error(&display, e))?;
         Ok(SysfsBar {
-            file: Some(file),
+            file: Some(open_rw(path)?),
             path: path.to_path_buf(),
         })
     }
@@ -42,11 +36,7 @@ impl SysfsBar {
     fn file(&mut self) -> Result<&File, TransportError> {
         let file = match self.file.take() {
             Some(f) => f,
-            None => OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&self.path)
-                .map_err(|e| open_error(&self.path.display().to_string(), e))?,
+            None => open_rw(&self.path)?,
         };
         Ok(self.file.insert(file))
     }
@@ -62,6 +52,14 @@ impl SysfsBar {
         }
         err
     }
+}
+
+fn open_rw(path: &Path) -> Result<File, TransportError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| open_error(&path.display().to_string(), e))
 }
 
 /// What a failed open of `resource0` means for the user.
@@ -153,13 +151,19 @@ impl SysfsBar {
 mod tests {
     use super::*;
 
+    /// A regular file holding `regs` stands in for resource0.
+    fn resource0(regs: &[u8]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("resource0");
+        std::fs::write(&path, regs).unwrap();
+        (dir, path)
+    }
+
     /// A regular file stands in for resource0: each access must land at
     /// the register's offset with its width, nothing around it touched.
     #[test]
     fn accesses_hit_the_register_offset_with_its_width() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("resource0");
-        std::fs::write(&p, vec![0xaau8; 0x40]).unwrap();
+        let (_dir, p) = resource0(&[0xaa; 0x40]);
         let mut bar = SysfsBar::open(&p).unwrap();
         bar.write(Register::Command, 0x0102_0304).unwrap();
         bar.write(Register::DeviceStatus, 0x7).unwrap();
@@ -178,9 +182,7 @@ mod tests {
 
     #[test]
     fn short_read_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("resource0");
-        std::fs::write(&p, [0u8; 0x16]).unwrap();
+        let (_dir, p) = resource0(&[0; 0x16]);
         let mut bar = SysfsBar::open(&p).unwrap();
         let err = bar.read(Register::Command).unwrap_err();
         assert!(
@@ -216,9 +218,7 @@ mod tests {
 
     #[test]
     fn a_vanished_device_is_reopened_when_it_returns() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("resource0");
-        std::fs::write(&p, [0u8; 0x28]).unwrap();
+        let (_dir, p) = resource0(&[0; 0x28]);
         let mut bar = SysfsBar::open(&p).unwrap();
         bar.file = None; // as after an ENODEV
         std::fs::remove_file(&p).unwrap();

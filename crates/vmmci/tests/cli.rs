@@ -21,6 +21,19 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// What a run that must succeed said, on stdout and stderr together.
+fn succeeded(out: &Output) -> String {
+    let t = text(out);
+    assert!(out.status.success(), "{t}");
+    t
+}
+
+fn assert_says(t: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(t.contains(needle), "missing {needle:?} in\n{t}");
+    }
+}
+
 /// A vmd device as sysfs shows it: identity files, an I/O BAR0 with decode
 /// on, and a register file laid out like vmd's BAR.
 fn fake_sysfs(root: &Path) -> PathBuf {
@@ -78,26 +91,26 @@ fn probe_explains_a_device() {
     let quiet = vmmci(&["--sysfs-root", root.path().to_str().unwrap(), "probe", "-q"]);
     assert!(quiet.status.success() && quiet.stdout.is_empty());
     let out = vmmci(&["--sysfs-root", root.path().to_str().unwrap(), "probe"]);
-    let t = text(&out);
-    assert!(out.status.success(), "{t}");
-    for needle in [
-        "device:    0000:00:05.0",
-        "0b5d:0777 subsystem 0b5d:ffff rev 0",
-        "driver:    none",
-        "I/O 0xc000-0xcfff, I/O decode on",
-        "offered TIMESYNC|ACK|SYNCRTC",
-        "no agent: vmctl stop would kill this VM at once",
-        "command:   NONE",
-        "host time: offset",
-    ] {
-        assert!(t.contains(needle), "missing {needle:?} in\n{t}");
-    }
+    let t = succeeded(&out);
+    assert_says(
+        &t,
+        &[
+            "device:    0000:00:05.0",
+            "0b5d:0777 subsystem 0b5d:ffff rev 0",
+            "driver:    none",
+            "I/O 0xc000-0xcfff, I/O decode on",
+            "offered TIMESYNC|ACK|SYNCRTC",
+            "no agent: vmctl stop would kill this VM at once",
+            "command:   NONE",
+            "host time: offset",
+        ],
+    );
     // This machine's clock source, as its kernel says.
     let kernel =
         fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
             .unwrap();
     let want = format!("clock:     source {} (available: ", kernel.trim());
-    assert!(t.contains(&want), "missing {want:?} in\n{t}");
+    assert_says(&t, &[&want]);
 }
 
 #[test]
@@ -110,8 +123,7 @@ fn sync_dry_run_prints_offset_and_error_bound() {
         "sync",
         "--dry-run",
     ]);
-    let t = text(&out);
-    assert!(out.status.success(), "{t}");
+    let t = succeeded(&out);
     assert!(t.contains("offset ") && t.contains("error bound ±"), "{t}");
 }
 
@@ -292,20 +304,20 @@ fn there_is_no_power_down_signal_command() {
 #[test]
 fn simulate_runs_the_script_and_touches_nothing() {
     let out = vmmci(&["simulate"]);
-    let t = text(&out);
-    assert!(out.status.success(), "{t}");
-    for needle in [
-        "handshake done: DRIVER_OK",
-        "RTC clock drift",
-        "SYNCRTC acknowledged: clock stepped by +91.5",
-        "vmctl stop",
-        "REBOOT acknowledged: reboot started through init",
-        "VM ended: clean stop",
-        "rule violations: 0",
-        "result: OK",
-    ] {
-        assert!(t.contains(needle), "missing {needle:?} in\n{t}");
-    }
+    let t = succeeded(&out);
+    assert_says(
+        &t,
+        &[
+            "handshake done: DRIVER_OK",
+            "RTC clock drift",
+            "SYNCRTC acknowledged: clock stepped by +91.5",
+            "vmctl stop",
+            "REBOOT acknowledged: reboot started through init",
+            "VM ended: clean stop",
+            "rule violations: 0",
+            "result: OK",
+        ],
+    );
     // The 1.5 s boot offset is warned about once, in the narrative only.
     let warned = t.matches("the host did not ask for a step").count();
     assert_eq!(

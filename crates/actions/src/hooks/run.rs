@@ -2,6 +2,7 @@
 //! into one pipe whose tail is kept, the event's facts in its environment,
 //! and a limit after which the whole group is killed.
 
+use std::fmt;
 use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use super::{lock, Hook, HookEnd, HookEvent, HookFacts, HookRun, OUTPUT_TAIL};
+use super::{lock, Hook, HookEvent, HookFacts, OUTPUT_TAIL};
 use crate::power::SEARCH_PATH;
 
 /// How often a running hook is looked at.
@@ -24,6 +25,50 @@ const REAP_WAIT: Duration = Duration::from_secs(1);
 const OUTPUT_WAIT: Duration = Duration::from_millis(200);
 /// Variables of the agent's own that are none of a hook's business.
 const SCRUBBED: &[&str] = &["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+
+/// How a hook's run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HookEnd {
+    Exited(i32),
+    /// A signal the agent did not send ended it.
+    Signalled(i32),
+    /// It overran its limit (this long) and its process group was killed.
+    Killed(Duration),
+    /// It could not be started, or the event's budget was spent first.
+    NotStarted(String),
+}
+
+impl HookEnd {
+    pub fn success(&self) -> bool {
+        *self == HookEnd::Exited(0)
+    }
+}
+
+impl fmt::Display for HookEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HookEnd::Exited(code) => write!(f, "exit {code}"),
+            HookEnd::Signalled(sig) => write!(f, "killed by signal {sig}"),
+            HookEnd::Killed(limit) => write!(f, "killed at its limit ({limit:?})"),
+            HookEnd::NotStarted(why) => write!(f, "not run: {why}"),
+        }
+    }
+}
+
+/// One run of one hook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookRun {
+    pub event: HookEvent,
+    /// [`Hook::display`].
+    pub program: String,
+    /// Wall clock when it started, ns since the Unix epoch.
+    pub at_ns: i64,
+    pub duration: Duration,
+    pub end: HookEnd,
+    /// The last [`OUTPUT_TAIL`] bytes of its stdout and stderr (one pipe),
+    /// starting with "…" when cut.
+    pub output: String,
+}
 
 pub(super) fn wall_ns() -> i64 {
     std::time::SystemTime::now()
@@ -38,6 +83,20 @@ pub(super) fn fmt_duration(d: Duration) -> String {
         format!("{} ms", d.as_millis())
     } else {
         format!("{:.3} s", d.as_secs_f64())
+    }
+}
+
+/// A hook the event's budget had no time left for.
+pub(super) fn out_of_budget(event: HookEvent, hook: &Hook, budget: Duration) -> HookRun {
+    HookRun {
+        event,
+        program: hook.display(),
+        at_ns: wall_ns(),
+        duration: Duration::ZERO,
+        end: HookEnd::NotStarted(format!(
+            "the {event} hooks used up their {budget:?} before it"
+        )),
+        output: String::new(),
     }
 }
 

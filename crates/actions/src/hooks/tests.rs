@@ -1,9 +1,9 @@
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use vmmci_agent::fakes::{PowerCall, RecordingPower};
-use vmmci_agent::{StepCause, StepRecord};
+use vmmci_agent::{Power, PowerAction, StepCause, StepRecord};
 
 use super::*;
 
@@ -17,6 +17,16 @@ fn put(path: &Path, text: &str, mode: u32) {
 /// A shell script hook.
 fn script(path: &Path, body: &str) {
     put(path, &format!("#!/bin/sh\n{body}\n"), 0o755);
+}
+
+/// A fresh hooks directory whose `hook` sleeps `pause` seconds, then
+/// appends `$var` to the note it returns.
+fn slow_hook(hook: &str, pause: &str, var: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let note = tmp.path().join("note");
+    let body = format!("sleep {pause}; echo ${var} >> {}", note.display());
+    script(&tmp.path().join(hook), &body);
+    (tmp, note)
 }
 
 fn in_dir(dir: &Path) -> HookSettings {
@@ -35,6 +45,15 @@ fn step_facts() -> HookFacts {
         residual_ns: None,
     };
     HookFacts::step(&step, Some("SYNCRTC"))
+}
+
+/// Wait up to 10 s for `done`.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn reported(hooks: &Hooks) -> usize {
@@ -286,12 +305,7 @@ fn a_hook_that_cannot_be_started_is_recorded_and_harms_nothing() {
 
 #[test]
 fn spawned_runs_return_at_once_and_take_their_turn() {
-    let tmp = tempfile::tempdir().unwrap();
-    let log = tmp.path().join("log");
-    script(
-        &tmp.path().join("after-step/slow"),
-        &format!("sleep 0.2; echo $VMMCI_STEP_NS >> {}", log.display()),
-    );
+    let (tmp, log) = slow_hook("after-step/slow", "0.2", "VMMCI_STEP_NS");
     let hooks = Hooks::new(in_dir(tmp.path()));
     let t0 = Instant::now();
     let mut facts = step_facts();
@@ -300,16 +314,13 @@ fn spawned_runs_return_at_once_and_take_their_turn() {
         hooks.spawn(HookEvent::AfterStep, facts.clone());
     }
     assert!(t0.elapsed() < Duration::from_millis(500), "spawn waited");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .lines()
-        .count()
-        < 3
-    {
-        assert!(Instant::now() < deadline, "spawned hooks did not run");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let lines = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    wait_until("spawned hooks did not run", || lines() >= 3);
     assert_eq!(
         std::fs::read_to_string(&log).unwrap(),
         "1\n2\n3\n",
@@ -321,12 +332,7 @@ fn spawned_runs_return_at_once_and_take_their_turn() {
 
 #[test]
 fn hooked_power_acknowledged_first_runs_the_hooks_then_the_init_command() {
-    let tmp = tempfile::tempdir().unwrap();
-    let marker = tmp.path().join("hook-ran");
-    script(
-        &tmp.path().join("before-reboot/10-slow"),
-        &format!("sleep 1; echo $VMMCI_COMMAND > {}", marker.display()),
-    );
+    let (tmp, marker) = slow_hook("before-reboot/10-slow", "1", "VMMCI_COMMAND");
     let recorder = RecordingPower::default();
     let mut power = HookedPower::new(recorder.clone(), Hooks::new(in_dir(tmp.path())));
     let t0 = Instant::now();
@@ -339,11 +345,7 @@ fn hooked_power_acknowledged_first_runs_the_hooks_then_the_init_command() {
         recorder.calls().is_empty(),
         "the init command comes after the hooks"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while recorder.calls().is_empty() {
-        assert!(Instant::now() < deadline, "init command never asked");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("init command never asked", || !recorder.calls().is_empty());
     assert!(t0.elapsed() >= Duration::from_secs(1));
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "REBOOT\n");
     assert_eq!(

@@ -218,6 +218,17 @@ fn all_ones_command_is_not_a_command() {
     assert!(rig.calls().is_empty());
 }
 
+/// The power calls of an action init did not finish: begun, synced at
+/// the grace point, then synced again and forced at `force_after`.
+fn forced_late(action: PowerAction) -> Vec<PowerCall> {
+    vec![
+        PowerCall::Begin(action),
+        PowerCall::Sync,
+        PowerCall::Sync,
+        PowerCall::Force(action),
+    ]
+}
+
 /// Neither init's command nor PID 1 answers: never an immediate hard
 /// reboot; the grace and the force still give the guest its time.
 #[test]
@@ -245,15 +256,7 @@ fn init_that_cannot_be_asked_is_synced_at_the_grace_and_forced_late() {
         agent.tick(force_after).unwrap().forced,
         Some(PowerAction::Reboot)
     );
-    assert_eq!(
-        rig.calls(),
-        vec![
-            PowerCall::Begin(PowerAction::Reboot),
-            PowerCall::Sync,
-            PowerCall::Sync,
-            PowerCall::Force(PowerAction::Reboot)
-        ]
-    );
+    assert_eq!(rig.calls(), forced_late(PowerAction::Reboot));
 }
 
 /// "Sync early, force late": sync(2) at the grace point (25 s), the force
@@ -284,15 +287,7 @@ fn a_stuck_shutdown_is_synced_at_the_grace_and_forced_before_vmds_long_timeout()
         agent.tick(force_after).unwrap().forced,
         Some(PowerAction::Poweroff)
     );
-    assert_eq!(
-        rig.calls(),
-        vec![
-            PowerCall::Begin(PowerAction::Poweroff),
-            PowerCall::Sync,
-            PowerCall::Sync,
-            PowerCall::Force(PowerAction::Poweroff)
-        ]
-    );
+    assert_eq!(rig.calls(), forced_late(PowerAction::Poweroff));
     assert!(
         agent.tick(force_after * 2).unwrap().forced.is_none(),
         "forced once"

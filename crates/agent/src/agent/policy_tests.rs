@@ -14,21 +14,13 @@ use crate::world::GuestClock;
 
 fn with_mode(rig: &Rig, mode: ClockMode) -> Agent<SimBar, FakeGuestClock, RecordingPower> {
     let config = AgentConfig {
-        not_before_sec: 1_800_000_000,
         clock: ClockPolicy {
             mode,
             ..ClockPolicy::default()
         },
-        ..AgentConfig::default()
+        ..agent_config()
     };
-    let mut agent = Agent::new(
-        SimBar::new(rig.vmd.clone()),
-        rig.clock.clone(),
-        rig.power.clone(),
-        config,
-    );
-    agent.handshake().unwrap();
-    agent
+    agent_with(rig, SimBar::new(rig.vmd.clone()), config)
 }
 
 /// Host − guest offsets of `n` periodic samples, one every 15 s.
@@ -192,10 +184,6 @@ fn leaving_discipline_keeps_the_learned_rate_only() {
     let mut agent = with_mode(&rig, ClockMode::Discipline);
     sample_for(&rig, &mut agent, 20);
     let learned = agent.snapshot().clock.learned_frequency_ppm.unwrap();
-    let config = AgentConfig {
-        not_before_sec: 1_800_000_000,
-        ..AgentConfig::default()
-    };
-    agent.reconfigure(config);
+    agent.reconfigure(agent_config());
     assert_eq!(rig.clock.frequency_ppm().unwrap(), learned);
 }

@@ -18,6 +18,15 @@ enum StopFate {
     ResetInTime,
 }
 
+/// A guest 5 s behind the host, its start-up sample taken, and a SYNCRTC
+/// posted.
+fn syncrtc_posted() -> (Rig, Agent<SimBar, FakeGuestClock, RecordingPower>) {
+    let (rig, mut agent) = started(0x7, -5 * NANOS_PER_SEC);
+    agent.tick(Duration::ZERO).unwrap(); // the start-up drift sample
+    assert!(rig.vmd().request_syncrtc());
+    (rig, agent)
+}
+
 /// Poll as the daemon does for 3.1 s of host time from `from`.
 fn poll_for_vmds_deadline(
     rig: &Rig,
@@ -72,9 +81,7 @@ fn fate(
 /// tick that handles it. Returns the fate and how many accesses that tick
 /// made.
 fn syncrtc_with_stop_at(k: Option<u64>) -> (Rig, Option<StopFate>, u64) {
-    let (rig, mut agent) = started(0x7, -5 * NANOS_PER_SEC);
-    agent.tick(Duration::ZERO).unwrap(); // the start-up drift sample
-    assert!(rig.vmd().request_syncrtc());
+    let (rig, mut agent) = syncrtc_posted();
     if let Some(k) = k {
         rig.vmd()
             .schedule(AccessTrigger::After(k), HostAction::VmctlStop);
@@ -117,9 +124,7 @@ fn a_stop_at_any_instant_of_a_syncrtc_is_never_lost() {
 /// after it: a stop posted during the step is handled in the same tick.
 #[test]
 fn syncrtc_is_acknowledged_before_the_step_and_command_read_again_after() {
-    let (rig, mut agent) = started(0x7, -5 * NANOS_PER_SEC);
-    agent.tick(Duration::ZERO).unwrap();
-    assert!(rig.vmd().request_syncrtc());
+    let (rig, mut agent) = syncrtc_posted();
     // Before the first time read of the step: after the ACK.
     rig.vmd().schedule(
         AccessTrigger::Before(Reg::TimeSecLow),
@@ -148,10 +153,8 @@ fn syncrtc_is_acknowledged_before_the_step_and_command_read_again_after() {
 /// A step that fails is tried again on the next polls, not forgotten.
 #[test]
 fn a_failed_syncrtc_step_is_retried_on_later_polls() {
-    let (rig, mut agent) = started(0x7, -5 * NANOS_PER_SEC);
-    agent.tick(Duration::ZERO).unwrap();
+    let (rig, mut agent) = syncrtc_posted();
     rig.clock.refuse_steps(true);
-    assert!(rig.vmd().request_syncrtc());
     let handled = agent.tick(POLL).unwrap().handled.unwrap();
     assert!(handled.acked && matches!(handled.outcome, Outcome::StepRefused(_)));
     let t = agent.tick(POLL * 2).unwrap();
@@ -175,10 +178,8 @@ fn a_failed_syncrtc_step_is_retried_on_later_polls() {
 /// Retries are bounded.
 #[test]
 fn a_step_that_keeps_failing_is_given_up_after_a_few_polls() {
-    let (rig, mut agent) = started(0x7, -5 * NANOS_PER_SEC);
-    agent.tick(Duration::ZERO).unwrap();
+    let (rig, mut agent) = syncrtc_posted();
     rig.clock.refuse_steps(true);
-    assert!(rig.vmd().request_syncrtc());
     agent.tick(POLL).unwrap();
     let retries = (2..20)
         .filter(|&i| agent.tick(POLL * i).unwrap().retried.is_some())

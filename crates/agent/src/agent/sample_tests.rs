@@ -8,6 +8,7 @@ use vmmci_transport::{RegisterIo, TransportError};
 
 use crate::agent::test_rig::*;
 use crate::agent::*;
+use crate::fakes::{FakeGuestClock, RecordingPower};
 use crate::report::*;
 use crate::world::GuestClock;
 
@@ -31,6 +32,14 @@ impl<B> BadTime<B> {
             read_time: None,
         }
     }
+
+    /// Each read takes `d` of the host's time.
+    fn taking(self, host: &ManualClock, d: Duration) -> Self {
+        BadTime {
+            read_time: Some((host.clone(), d)),
+            ..self
+        }
+    }
 }
 
 impl<B: RegisterIo> RegisterIo for BadTime<B> {
@@ -51,6 +60,33 @@ impl<B: RegisterIo> RegisterIo for BadTime<B> {
     }
 }
 
+/// A guest 3 s behind the host, and a device over the simulator whose
+/// time registers hold `sec` and `usec` where given.
+fn bad_time(sec: Option<u32>, usec: Option<u32>) -> (Rig, BadTime<SimBar>) {
+    let rig = Rig::new(0x7, -3 * NANOS_PER_SEC);
+    let bar = BadTime::new(SimBar::new(rig.vmd.clone()), sec, usec);
+    (rig, bar)
+}
+
+/// An agent over `bar`, and what it made of a SYNCRTC.
+fn syncrtc_over<B: RegisterIo>(
+    rig: &Rig,
+    bar: B,
+) -> (Agent<B, FakeGuestClock, RecordingPower>, Handled) {
+    let mut agent = agent_over(rig, bar);
+    assert!(rig.vmd().request_syncrtc());
+    let handled = agent.tick(Duration::ZERO).unwrap().handled.unwrap();
+    (agent, handled)
+}
+
+/// Why the step was refused (it must have been).
+fn refusal(handled: &Handled) -> &str {
+    match &handled.outcome {
+        Outcome::StepRefused(why) => why,
+        other => panic!("not refused: {other:?}"),
+    }
+}
+
 #[test]
 fn syncrtc_never_steps_to_nonsense() {
     for (sec, usec, why) in [
@@ -58,19 +94,9 @@ fn syncrtc_never_steps_to_nonsense() {
         (None, Some(1_000_000), "out of range"),
         (Some(12), None, "before this agent was built"),
     ] {
-        let rig = Rig::new(0x7, -3 * NANOS_PER_SEC);
-        let bar = BadTime::new(SimBar::new(rig.vmd.clone()), sec, usec);
-        let config = AgentConfig {
-            not_before_sec: 1_800_000_000,
-            ..AgentConfig::default()
-        };
-        let mut agent = Agent::new(bar, rig.clock.clone(), rig.power.clone(), config);
-        agent.handshake().unwrap();
-        assert!(rig.vmd().request_syncrtc());
-        let handled = agent.tick(Duration::ZERO).unwrap().handled.unwrap();
-        let Outcome::StepRefused(text) = &handled.outcome else {
-            panic!("{why}: {:?}", handled.outcome)
-        };
+        let (rig, bar) = bad_time(sec, usec);
+        let (_, handled) = syncrtc_over(&rig, bar);
+        let text = refusal(&handled);
         assert!(text.contains(why), "{text}");
         assert!(handled.acked, "acknowledged all the same");
         assert!(rig.clock.steps().is_empty(), "{why}: clock changed");
@@ -80,33 +106,23 @@ fn syncrtc_never_steps_to_nonsense() {
 
 #[test]
 fn a_snapshot_that_never_refreshes_is_refused() {
-    let rig = Rig::new(0x7, -3 * NANOS_PER_SEC);
     let now = (HOST_START_NS / NANOS_PER_SEC) as u32;
-    let mut bar = BadTime::new(SimBar::new(rig.vmd.clone()), Some(now), Some(250_000));
-    bar.read_time = Some((rig.host.clone(), Duration::from_millis(1)));
-    let mut agent = agent_over(&rig, bar);
-    assert!(rig.vmd().request_syncrtc());
-    let handled = agent.tick(Duration::ZERO).unwrap().handled.unwrap();
-    let Outcome::StepRefused(why) = handled.outcome else {
-        panic!("{:?}", handled.outcome)
-    };
+    let (rig, bar) = bad_time(Some(now), Some(250_000));
+    let bar = bar.taking(&rig.host, Duration::from_millis(1));
+    let (_, handled) = syncrtc_over(&rig, bar);
+    let why = refusal(&handled);
     assert!(why.contains("does not refresh"), "{why}");
     assert!(rig.clock.steps().is_empty());
 }
 
 #[test]
 fn tries_that_disagree_are_junk_and_not_stepped_to() {
-    let rig = Rig::new(0x7, -3 * NANOS_PER_SEC);
     let now = (HOST_START_NS / NANOS_PER_SEC) as u32;
-    let mut bar = BadTime::new(SimBar::new(rig.vmd.clone()), None, None);
+    let (rig, mut bar) = bad_time(None, None);
     // One try says the host is 2 minutes ahead of the others.
     bar.secs = vec![now, now, now + 120, now, now];
-    let mut agent = agent_over(&rig, bar);
-    assert!(rig.vmd().request_syncrtc());
-    let handled = agent.tick(Duration::ZERO).unwrap().handled.unwrap();
-    let Outcome::StepRefused(why) = handled.outcome else {
-        panic!("{:?}", handled.outcome)
-    };
+    let (_, handled) = syncrtc_over(&rig, bar);
+    let why = refusal(&handled);
     assert!(why.contains("disagree"), "{why}");
     assert!(rig.clock.steps().is_empty());
     assert!(handled.acked, "acknowledged all the same");
@@ -114,26 +130,18 @@ fn tries_that_disagree_are_junk_and_not_stepped_to() {
 
 #[test]
 fn reads_so_slow_the_bound_is_useless_are_not_stepped_to() {
-    let rig = Rig::new(0x7, -3 * NANOS_PER_SEC);
-    let mut bar = BadTime::new(SimBar::new(rig.vmd.clone()), None, None);
-    bar.read_time = Some((rig.host.clone(), Duration::from_millis(1500)));
-    let mut agent = agent_over(&rig, bar);
-    assert!(rig.vmd().request_syncrtc());
-    let handled = agent.tick(Duration::ZERO).unwrap().handled.unwrap();
-    let Outcome::StepRefused(why) = handled.outcome else {
-        panic!("{:?}", handled.outcome)
-    };
+    let (rig, bar) = bad_time(None, None);
+    let bar = bar.taking(&rig.host, Duration::from_millis(1500));
+    let (_, handled) = syncrtc_over(&rig, bar);
+    let why = refusal(&handled);
     assert!(why.contains("too uncertain"), "{why}");
 }
 
 #[test]
 fn slow_reads_of_100ms_still_step_with_an_honest_bound() {
-    let rig = Rig::new(0x7, -3 * NANOS_PER_SEC);
-    let mut bar = BadTime::new(SimBar::new(rig.vmd.clone()), None, None);
-    bar.read_time = Some((rig.host.clone(), Duration::from_millis(100)));
-    let mut agent = agent_over(&rig, bar);
-    assert!(rig.vmd().request_syncrtc());
-    let handled = agent.tick(Duration::ZERO).unwrap().handled.unwrap();
+    let (rig, bar) = bad_time(None, None);
+    let bar = bar.taking(&rig.host, Duration::from_millis(100));
+    let (agent, handled) = syncrtc_over(&rig, bar);
     let Outcome::Stepped(step) = handled.outcome else {
         panic!("{:?}", handled.outcome)
     };

@@ -13,6 +13,14 @@ use crate::fakes::{FakeGuestClock, PowerCall, RecordingPower};
 
 pub(crate) const HOST_START_NS: i64 = 1_900_000_000 * NANOS_PER_SEC;
 
+/// The defaults, for an agent built before the simulated host's time.
+pub(crate) fn agent_config() -> AgentConfig {
+    AgentConfig {
+        not_before_sec: 1_800_000_000,
+        ..AgentConfig::default()
+    }
+}
+
 pub(crate) struct Rig {
     pub(crate) host: ManualClock,
     pub(crate) vmd: Arc<Mutex<Vmd>>,
@@ -47,16 +55,13 @@ impl Rig {
         }
     }
 
+    /// An agent on the simulator, before its handshake.
     pub(crate) fn agent(&self) -> Agent<SimBar, FakeGuestClock, RecordingPower> {
-        let config = AgentConfig {
-            not_before_sec: 1_800_000_000,
-            ..AgentConfig::default()
-        };
         Agent::new(
             SimBar::new(self.vmd.clone()),
             self.clock.clone(),
             self.power.clone(),
-            config,
+            agent_config(),
         )
     }
 
@@ -94,14 +99,20 @@ pub(crate) fn started(
     (rig, agent)
 }
 
+/// An agent over `bar`, through its handshake.
 pub(crate) fn agent_over<B: RegisterIo>(
     rig: &Rig,
     bar: B,
 ) -> Agent<B, FakeGuestClock, RecordingPower> {
-    let config = AgentConfig {
-        not_before_sec: 1_800_000_000,
-        ..AgentConfig::default()
-    };
+    agent_with(rig, bar, agent_config())
+}
+
+/// An agent over `bar` with `config`, through its handshake.
+pub(crate) fn agent_with<B: RegisterIo>(
+    rig: &Rig,
+    bar: B,
+    config: AgentConfig,
+) -> Agent<B, FakeGuestClock, RecordingPower> {
     let mut agent = Agent::new(bar, rig.clock.clone(), rig.power.clone(), config);
     agent.handshake().unwrap();
     agent

@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 use tracing::{info, warn};
-use vmmci_actions::clocksource::{self, HypervisorFacts, PROC_CPUINFO, SYSFS_CLOCKSOURCE};
+use vmmci_actions::clocksource::{
+    self, HostCpuid, HypervisorFacts, PROC_CPUINFO, SYSFS_CLOCKSOURCE,
+};
 use vmmci_actions::{Hooks, SystemClock};
 use vmmci_agent::{Agent, DriftPoint, GuestClock, Power};
 use vmmci_report::chrony::ChronySock;
@@ -127,4 +129,21 @@ impl Reporter {
             Err(_) => {}
         }
     }
+}
+
+/// The hypervisor's CPUID facts, once; a clock source that drifts badly is
+/// said in the log at start (and stays in `vmmci status`).
+pub(super) fn clock_source_at_start() -> HypervisorFacts {
+    let hypervisor = HypervisorFacts::read(&HostCpuid);
+    let facts = clocksource::read(
+        SYSFS_CLOCKSOURCE.as_ref(),
+        PROC_CPUINFO.as_ref(),
+        &hypervisor,
+    );
+    if facts.is_poor() {
+        for advice in facts.advise(None).advice {
+            warn!("{advice}");
+        }
+    }
+    hypervisor
 }
