@@ -7,6 +7,7 @@ pub mod artifacts;
 pub mod clock;
 pub mod clock_compare;
 pub mod distro;
+pub mod figures;
 pub mod guest;
 pub mod image;
 pub mod load;

@@ -23,23 +23,49 @@
 //!   busy loop per vCPU and a disk writer running, `vmctl stop`, REBOOT
 //!   posted → ACK; every stop must be clean.
 //!
+//! - full-distro stops (`--distro-stops`, `--openrc-stops`,
+//!   `--distro-load-stops`): `vmctl stop` in the Debian 12 images (systemd
+//!   with the .deb, sysvinit + OpenRC), timed to the VM's end, the file
+//!   system checked clean afterwards; and loaded stops through the unit.
+//!
 //! TCG runs the guest several times slower than hardware and every register
 //! access is a socket round trip: compare figures within one run.
+//!
+//! Results: JSON with the git revision, the date, the kernels, QEMU's
+//! version, the counts and every raw point (see `vmmci_rig::figures`). A
+//! full run saves it as `bench/results/<UTC date>-<short rev>.json`, where
+//! `vmmci-figures` makes the README's tables from the newest file; a run
+//! with `--only` or `--short` saves there only with `--save`; `--json FILE`
+//! writes FILE instead.
+//!
+//! `--short`: a few minutes of QEMU (5 stops, 3 resumes, 3 loaded stops, no
+//! idle period), for `scripts/test`. `--check`: exit 1 when a figure misses
+//! its target (`vmmci_rig::figures::checks`: the ACK within poll interval +
+//! 100 ms idle and 3 s under load, |residual| after a resume ≤ 1 ms, ...);
+//! any stop that does not end clean fails the run anyway.
 
-use std::time::Duration;
+use std::process::Command as Proc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde_json::{json, Map, Value};
 use vmd_sim::{EventKind, VmmciCmd};
 use vmmci_rig::clock::median;
 use vmmci_rig::distro::{self, BootOptions, Image, Init};
+use vmmci_rig::figures::{self, figure, signed_figure};
 use vmmci_rig::guest::{self, Booted, Guest};
+use vmmci_rig::image::{self, Kernel};
 use vmmci_rig::vm::Outcome;
 use vmmci_rig::window::BootWindow;
 use vmmci_rig::{artifacts, clock_compare, load, window, RigError};
 
 const SEC: i64 = 1_000_000_000;
+const PARTS: [&str; 5] = ["basic", "clock", "window", "load", "distro"];
 
 struct Args {
     json: Option<String>,
+    save: bool,
+    short: bool,
+    check: bool,
     stops: usize,
     resumes: usize,
     idle_secs: u64,
@@ -49,74 +75,92 @@ struct Args {
     window_boots: usize,
     /// Loaded `vmctl stop`s (one busybox boot each).
     load_stops: usize,
-    /// `basic` (stops, resumes, idle), `clock`, `window` or `load`; all when unset.
-    only: Option<String>,
+    /// `vmctl stop`s in the Debian 12 systemd image, the OpenRC image, and
+    /// loaded ones through the systemd unit (one boot each).
+    distro_stops: usize,
+    openrc_stops: usize,
+    distro_load_stops: usize,
+    /// Parts to run (`basic`, `clock`, `window`, `load`, `distro`); all when unset.
+    only: Option<Vec<String>>,
 }
+
+const USAGE: &str = "usage: vmmci-bench [--json FILE] [--save] [--short] [--check] [--stops 20] [--resumes 10] \
+[--idle-secs 60] [--kernel bookworm-cloud] [--clock-minutes 10] [--window-boots 2] [--load-stops 10] \
+[--distro-stops 10] [--openrc-stops 3] [--distro-load-stops 3] [--only PART[,PART...]]
+parts: basic (stops, resumes, idle), clock, window, load, distro
+--short: --stops 5 --resumes 3 --idle-secs 0 --load-stops 3 --only basic,load (later flags override)
+--check: exit 1 when a figure misses its target (vmmci_rig::figures::checks)
+results: a full run writes bench/results/<UTC date>-<short rev>.json; a run with --only or
+--short only with --save; --json FILE writes FILE too. Then: cargo run -p vmmci-rig --bin vmmci-figures";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         json: None,
+        save: false,
+        short: false,
+        check: false,
         stops: 20,
         resumes: 10,
         idle_secs: 60,
         kernel: "bookworm-cloud".into(),
         clock_minutes: 10,
-        window_boots: 1,
+        window_boots: 2,
         load_stops: 10,
+        distro_stops: 10,
+        openrc_stops: 3,
+        distro_load_stops: 3,
         only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        macro_rules! num {
+            ($field:ident) => {
+                a.$field = value()?.parse().map_err(|e| format!("{flag}: {e}"))?
+            };
+        }
         match flag.as_str() {
             "--json" => a.json = Some(value()?),
-            "--stops" => a.stops = value()?.parse().map_err(|e| format!("--stops: {e}"))?,
-            "--resumes" => a.resumes = value()?.parse().map_err(|e| format!("--resumes: {e}"))?,
-            "--idle-secs" => {
-                a.idle_secs = value()?.parse().map_err(|e| format!("--idle-secs: {e}"))?
+            "--save" => a.save = true,
+            "--check" => a.check = true,
+            "--short" => {
+                a.short = true;
+                a.stops = 5;
+                a.resumes = 3;
+                a.idle_secs = 0;
+                a.load_stops = 3;
+                a.only = Some(vec!["basic".into(), "load".into()]);
             }
+            "--stops" => num!(stops),
+            "--resumes" => num!(resumes),
+            "--idle-secs" => num!(idle_secs),
             "--kernel" => a.kernel = value()?,
-            "--clock-minutes" => {
-                a.clock_minutes = value()?
-                    .parse()
-                    .map_err(|e| format!("--clock-minutes: {e}"))?
+            "--clock-minutes" => num!(clock_minutes),
+            "--window-boots" => num!(window_boots),
+            "--load-stops" => num!(load_stops),
+            "--distro-stops" => num!(distro_stops),
+            "--openrc-stops" => num!(openrc_stops),
+            "--distro-load-stops" => num!(distro_load_stops),
+            "--only" => {
+                let v: Vec<String> = value()?.split(',').map(str::to_string).collect();
+                if let Some(bad) = v.iter().find(|p| !PARTS.contains(&p.as_str())) {
+                    return Err(format!("--only: {bad} is not one of {}", PARTS.join(", ")));
+                }
+                a.only = Some(v);
             }
-            "--window-boots" => {
-                a.window_boots = value()?
-                    .parse()
-                    .map_err(|e| format!("--window-boots: {e}"))?
-            }
-            "--load-stops" => {
-                a.load_stops = value()?.parse().map_err(|e| format!("--load-stops: {e}"))?
-            }
-            "--only" => match value()?.as_str() {
-                v @ ("basic" | "clock" | "window" | "load") => a.only = Some(v.to_string()),
-                v => return Err(format!("--only basic, clock, window or load, not {v}")),
-            },
             "-h" | "--help" => {
-                println!("usage: vmmci-bench [--json FILE] [--stops 20] [--resumes 10] [--idle-secs 60] [--kernel bookworm-cloud] [--clock-minutes 10] [--window-boots 1] [--load-stops 10] [--only basic|clock|window|load]");
+                println!("{USAGE}");
                 std::process::exit(0);
             }
-            other => return Err(format!("unknown argument {other}")),
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
     }
     Ok(a)
 }
 
-/// p-th percentile (nearest rank) of `v`, in whatever unit `v` has.
-fn percentile(v: &[i64], p: f64) -> Option<i64> {
-    if v.is_empty() {
-        return None;
-    }
-    let mut s = v.to_vec();
-    s.sort_unstable();
-    let rank = ((p / 100.0) * s.len() as f64).ceil().max(1.0) as usize;
-    Some(s[rank.min(s.len()) - 1])
-}
-
 struct StopRun {
-    ack_ms: Vec<i64>,
-    end_ms: Vec<i64>,
+    ack_ms: Vec<f64>,
+    end_ms: Vec<f64>,
 }
 
 /// Boot, wait for DRIVER_OK, `vmctl stop`, and time the ACK and the end.
@@ -161,17 +205,27 @@ fn stops(kernel: &str, n: usize) -> Result<StopRun, RigError> {
         });
         let ack =
             ack.ok_or_else(|| RigError::Missing(format!("no ACK seen in stop {i}\n{}", b.dump())))?;
-        run.ack_ms.push(ack.as_micros() as i64 / 1000);
-        run.end_ms
-            .push((ended.at.saturating_sub(asked)).as_millis() as i64);
+        run.ack_ms.push(figures::ms(ack));
+        run.end_ms.push(figures::ms(ended.at.saturating_sub(asked)));
         eprintln!(
-            "stop {:>2}: ack {:>4} ms, VM ended {:>5} ms after vmctl stop",
+            "stop {:>2}: ack {:>8.3} ms, VM ended {:>9.3} ms after vmctl stop",
             i + 1,
             run.ack_ms[i],
             run.end_ms[i]
         );
     }
     Ok(run)
+}
+
+/// guest − host (ns) right after a resume: THE place that turns the clock
+/// probe's samples into the one residual the bench records and `--check`
+/// holds to ±1 ms. Today: the median of 5 probe residuals (guest's clock
+/// minus the host time its write arrived, biased slightly negative by the
+/// write's latency). When the probe gives bracketed points
+/// [g_before − h, g_after − h], return the median of their midpoints here.
+fn resume_residual_ns(b: &Booted) -> Result<i64, RigError> {
+    let r = b.probe(5)?;
+    median(&r).ok_or_else(|| RigError::Missing("no probe samples".into()))
 }
 
 /// Host clock +90 s, wait for the SYNCRTC to be acknowledged, probe.
@@ -185,8 +239,7 @@ fn resumes(b: &Booted, n: usize) -> Result<Vec<i64>, RigError> {
                 .iter()
                 .any(|e| matches!(e.kind, EventKind::RtcSyncAcked { .. }))
         })?;
-        let r = b.probe(5)?;
-        let m = median(&r).ok_or_else(|| RigError::Missing("no probe samples".into()))?;
+        let m = resume_residual_ns(b)?;
         eprintln!(
             "resume {:>2}: residual guest − host {:+.3} ms",
             i + 1,
@@ -197,16 +250,26 @@ fn resumes(b: &Booted, n: usize) -> Result<Vec<i64>, RigError> {
     Ok(residuals)
 }
 
+/// The agent's CPU time (clock ticks, USER_HZ = 100 on every Linux ABI)
+/// over an idle period, its RSS and the device accesses, read in the guest
+/// and at the simulator.
 struct Idle {
     /// User CPU: the agent's own code.
-    user_percent: f64,
+    user_ticks: i64,
     /// System CPU: the kernel's sysfs path and the port I/O itself, which
     /// under TCG includes the emulated device round trip.
-    sys_percent: f64,
+    sys_ticks: i64,
+    wall_s: f64,
     rss_kib: i64,
-    /// Register accesses per second (polls and drift samples): each one is
-    /// a VM exit to vmd on a real host.
-    accesses_per_sec: f64,
+    /// Register accesses (polls and drift samples): each one is a VM exit
+    /// to vmd on a real host.
+    accesses: i64,
+}
+
+impl Idle {
+    fn percent(&self, ticks: i64) -> f64 {
+        ticks as f64 / 100.0 / self.wall_s * 100.0
+    }
 }
 
 /// The agent's CPU time over `secs` of idling, its RSS, and its poll rate,
@@ -238,18 +301,13 @@ fn idle(b: &Booted, secs: u64) -> Result<Idle, RigError> {
     let start = std::time::Instant::now();
     std::thread::sleep(Duration::from_secs(secs));
     let (u1, s1, rss, p1) = read("after")?;
-    let wall = start.elapsed().as_secs_f64();
-    // USER_HZ is 100 on every Linux architecture's ABI.
     Ok(Idle {
-        user_percent: (u1 - u0) as f64 / 100.0 / wall * 100.0,
-        sys_percent: (s1 - s0) as f64 / 100.0 / wall * 100.0,
+        user_ticks: u1 - u0,
+        sys_ticks: s1 - s0,
+        wall_s: start.elapsed().as_secs_f64(),
         rss_kib: rss,
-        accesses_per_sec: (p1 - p0) as f64 / wall,
+        accesses: p1 - p0,
     })
-}
-
-fn ms(ns: i64) -> f64 {
-    ns as f64 / 1e6
 }
 
 fn main() {
@@ -260,128 +318,305 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(e) = run(&args) {
-        eprintln!("vmmci-bench: {e}");
-        std::process::exit(1);
+    match run(&args) {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("vmmci-bench: {e}");
+            std::process::exit(1);
+        }
     }
 }
 
-fn run(args: &Args) -> Result<(), RigError> {
-    let mut json = vec![format!("\"kernel\": \"{}\"", args.kernel)];
-    let want = |part: &str| args.only.as_deref().is_none_or(|o| o == part);
-    if want("basic") {
-        basic(args, &mut json)?;
+/// stdout of a command, trimmed; `None` when it cannot run or fails.
+fn output(prog: &str, args: &[&str]) -> Option<String> {
+    let o = Proc::new(prog).args(args).output().ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// Where and on what the bench ran.
+fn meta(args: &Args, parts: &[&str], r: &mut Map<String, Value>) -> Result<(), RigError> {
+    let repo = artifacts::repo_root();
+    let repo_s = repo.display().to_string();
+    let git = |a: &[&str]| output("git", &[&["-C", repo_s.as_str()], a].concat());
+    let rev = git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let short = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_none_or(|s| !s.is_empty());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let qemu = artifacts::qemu()?;
+    let qemu_version = output(&qemu.display().to_string(), &["--version"])
+        .and_then(|s| s.lines().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into());
+    let qemu_version = qemu_version
+        .strip_prefix("QEMU emulator version ")
+        .map_or(qemu_version.clone(), |v| format!("QEMU {v}"));
+    let mut kernels = vec![];
+    let busybox_parts: Vec<&str> = parts
+        .iter()
+        .copied()
+        .filter(|p| ["basic", "load", "clock"].contains(p))
+        .collect();
+    if !busybox_parts.is_empty() {
+        let k = Kernel::from_cache(&artifacts::cache_dir(), &args.kernel)?;
+        kernels.push(json!({
+            "name": k.name,
+            "version": k.version,
+            "guest": "busybox initramfs",
+            "used_by": busybox_parts,
+        }));
     }
-    if want("clock") && args.clock_minutes > 0 {
-        let c = clock_compare::compare(&args.kernel, args.clock_minutes)?;
-        c.print();
-        json.push(c.json());
+    for (init, used_by) in [
+        (Init::Systemd, vec!["clock", "window", "distro"]),
+        (Init::OpenRc, vec!["window", "distro"]),
+    ] {
+        let used_by: Vec<&str> = used_by.into_iter().filter(|p| parts.contains(p)).collect();
+        if used_by.is_empty() {
+            continue;
+        }
+        let img = Image::locate_init(init)?;
+        let line = |k: &str| {
+            img.manifest
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        kernels.push(json!({
+            "name": format!("Debian 12 image, {}", line("init:")),
+            "version": line("kernel:"),
+            "guest": line("suite:"),
+            "package": line("package:"),
+            "used_by": used_by,
+        }));
     }
-    if want("window") && args.window_boots > 0 {
-        boot_windows(args.window_boots, &mut json)?;
-    }
-    if want("load") && args.load_stops > 0 {
-        ack_under_load(&args.kernel, args.load_stops, &mut json)?;
-    }
-    if let Some(path) = &args.json {
-        let text = format!("{{\n  {}\n}}\n", json.join(",\n  "));
-        std::fs::write(path, text).map_err(|e| RigError::Io(path.clone(), e))?;
-        eprintln!("wrote {path}");
-    }
+    r.insert("schema".into(), json!(figures::SCHEMA));
+    r.insert(
+        "git".into(),
+        json!({"rev": rev, "short": short, "dirty": dirty}),
+    );
+    r.insert("date".into(), json!(figures::utc(now)));
+    r.insert(
+        "host".into(),
+        json!({
+            "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "kernel": output("uname", &["-r"]).unwrap_or_default(),
+        }),
+    );
+    r.insert("qemu".into(), json!(qemu_version));
+    r.insert("kernels".into(), json!(kernels));
+    r.insert(
+        "counts".into(),
+        json!({
+            "parts": parts,
+            "short": args.short,
+            "stops": args.stops,
+            "resumes": args.resumes,
+            "idle_secs": args.idle_secs,
+            "clock_minutes": args.clock_minutes,
+            "window_boots": args.window_boots,
+            "load_stops": args.load_stops,
+            "distro_stops": args.distro_stops,
+            "openrc_stops": args.openrc_stops,
+            "distro_load_stops": args.distro_load_stops,
+        }),
+    );
     Ok(())
 }
 
+/// Runs the parts; `Ok(false)` when `--check` found a miss.
+fn run(args: &Args) -> Result<bool, RigError> {
+    let want = |part: &str| {
+        args.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|p| p == part))
+    };
+    let parts: Vec<&str> = PARTS
+        .iter()
+        .copied()
+        .filter(|p| want(p))
+        .filter(|&p| match p {
+            "clock" => args.clock_minutes > 0,
+            "window" => args.window_boots > 0,
+            "load" => args.load_stops > 0,
+            "distro" => args.distro_stops + args.openrc_stops + args.distro_load_stops > 0,
+            _ => true,
+        })
+        .collect();
+    let mut r = Map::new();
+    meta(args, &parts, &mut r)?;
+    let started = std::time::Instant::now();
+    if parts.contains(&"basic") {
+        r.insert("poll_interval_ms".into(), json!(POLL_MS));
+        r.insert("basic".into(), basic(args)?);
+    }
+    if parts.contains(&"clock") {
+        let c = clock_compare::compare(&args.kernel, args.clock_minutes)?;
+        c.print();
+        r.insert("clock".into(), clock_json(&c));
+    }
+    if parts.contains(&"window") {
+        r.insert("window".into(), boot_windows(args.window_boots)?);
+    }
+    if parts.contains(&"load") {
+        r.insert(
+            "load".into(),
+            ack_under_load(&args.kernel, args.load_stops)?,
+        );
+    }
+    if parts.contains(&"distro") {
+        r.insert("distro".into(), distro_stops(args)?);
+    }
+    r.insert(
+        "bench_seconds".into(),
+        json!((started.elapsed().as_secs_f64() * 10.0).round() / 10.0),
+    );
+    let r = Value::Object(r);
+    let text = serde_json::to_string_pretty(&r).expect("JSON of plain values") + "\n";
+    let mut targets = vec![];
+    if let Some(path) = &args.json {
+        targets.push(std::path::PathBuf::from(path));
+    }
+    if args.save || (args.only.is_none() && !args.short && args.json.is_none()) {
+        let dir = figures::results_dir(&artifacts::repo_root());
+        std::fs::create_dir_all(&dir).map_err(|e| RigError::Io(dir.display().to_string(), e))?;
+        let name = figures::result_file_name(
+            r["date"].as_str().unwrap_or("unknown"),
+            r["git"]["short"].as_str().unwrap_or("unknown"),
+        );
+        targets.push(dir.join(name));
+    }
+    for path in &targets {
+        std::fs::write(path, &text).map_err(|e| RigError::Io(path.display().to_string(), e))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if !targets
+        .iter()
+        .any(|p| p.starts_with(figures::results_dir(&artifacts::repo_root())))
+    {
+        eprintln!("(not saved in bench/results: pass --save, or --json FILE)");
+    }
+    let checks = figures::checks(&r).map_err(RigError::Missing)?;
+    println!("\n{:<58} {:>22} {:>16}  met", "target", "measured", "limit");
+    for c in &checks {
+        println!(
+            "{:<58} {:>22} {:>16}  {}",
+            c.what,
+            c.measured,
+            c.target,
+            if c.ok { "yes" } else { "NO" }
+        );
+    }
+    let misses = checks.iter().filter(|c| !c.ok).count();
+    eprintln!(
+        "vmmci-bench: {} s of QEMU, {} target(s), {misses} missed",
+        r["bench_seconds"],
+        checks.len()
+    );
+    if args.check && misses > 0 {
+        eprintln!("vmmci-bench --check: {misses} target(s) missed");
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// The agent's default poll interval, which the ACK target is relative to.
+const POLL_MS: u64 = 250;
+
 /// Stops, resumes, idle cost and size.
-fn basic(args: &Args, json: &mut Vec<String>) -> Result<(), RigError> {
+fn basic(args: &Args) -> Result<Value, RigError> {
     let bin = artifacts::static_bin("vmmci")?;
     let size = std::fs::metadata(&bin)
         .map_err(|e| RigError::Io(bin.display().to_string(), e))?
         .len();
     eprintln!(
-        "vmmci-bench on {} (agent defaults: poll 250 ms), {}",
+        "vmmci-bench on {} (agent defaults: poll {POLL_MS} ms), {}",
         args.kernel,
         bin.display()
     );
 
     let s = stops(&args.kernel, args.stops)?;
-    let b = guest::boot(&args.kernel, &Guest::agent().args("daemon"), "bench-clock")?;
-    b.driver_ok(Duration::from_secs(60))?;
-    let r = resumes(&b, args.resumes)?;
-    let i = idle(&b, args.idle_secs)?;
-    b.vm.kill();
-
-    let abs: Vec<i64> = r.iter().map(|x| x.abs()).collect();
-    let poll_ms = 250;
-    let rows = [
-        (
-            "ACK latency median (ms)",
-            median(&s.ack_ms).unwrap_or(0) as f64,
-            format!("n={}", s.ack_ms.len()),
-        ),
-        (
-            "ACK latency p99 (ms)",
-            percentile(&s.ack_ms, 99.0).unwrap_or(0) as f64,
-            format!("target <= poll {poll_ms} + 100"),
-        ),
-        (
-            "vmctl stop -> VM end median (ms)",
-            median(&s.end_ms).unwrap_or(0) as f64,
-            "guest reset while stopping".into(),
-        ),
-        (
-            "vmctl stop -> VM end max (ms)",
-            *s.end_ms.iter().max().unwrap_or(&0) as f64,
-            "vmd's deadline 120000".into(),
-        ),
-        (
-            "residual after resume median (ms)",
-            ms(median(&r).unwrap_or(0)),
-            format!("n={}, target |x| <= 1", r.len()),
-        ),
-        (
-            "residual after resume max |x| (ms)",
-            ms(*abs.iter().max().unwrap_or(&0)),
-            "guest − host, clock probe".into(),
-        ),
-        (
-            "agent idle CPU, user (% of a core)",
-            i.user_percent,
-            format!("over {} s, target <= 0.1", args.idle_secs),
-        ),
-        (
-            "agent idle CPU, system (% of a core)",
-            i.sys_percent,
-            "includes TCG's emulated port I/O".into(),
-        ),
-        ("agent RSS (KiB)", i.rss_kib as f64, "target <= 8192".into()),
-        (
-            "device accesses per second",
-            i.accesses_per_sec,
-            "polls + drift samples, idle".into(),
-        ),
-        (
-            "static binary size (KiB)",
-            size as f64 / 1024.0,
-            "target <= 4096".into(),
-        ),
-    ];
-    println!("\n{:<38} {:>12}  note", "figure", "value");
-    for (name, value, note) in &rows {
-        println!("{name:<38} {value:>12.3}  {note}");
+    let mut out = Map::new();
+    out.insert("ack_ms".into(), figure("ms", &s.ack_ms));
+    out.insert("stop_to_end_ms".into(), figure("ms", &s.end_ms));
+    if args.resumes > 0 || args.idle_secs > 0 {
+        let b = guest::boot(&args.kernel, &Guest::agent().args("daemon"), "bench-clock")?;
+        b.driver_ok(Duration::from_secs(60))?;
+        let r = resumes(&b, args.resumes)?;
+        let r: Vec<f64> = r.iter().map(|&x| x as f64).collect();
+        out.insert("resume_residual_ns".into(), signed_figure("ns", &r));
+        if args.idle_secs > 0 {
+            let i = idle(&b, args.idle_secs)?;
+            let round = |x: f64| (x * 1e4).round() / 1e4;
+            out.insert(
+                "idle".into(),
+                json!({
+                    "wall_s": round(i.wall_s),
+                    "user_ticks": i.user_ticks,
+                    "system_ticks": i.sys_ticks,
+                    "accesses": i.accesses,
+                    "user_hz": 100,
+                }),
+            );
+            out.insert(
+                "idle_cpu_user_percent".into(),
+                figure("% of a core", &[round(i.percent(i.user_ticks))]),
+            );
+            out.insert(
+                "idle_cpu_system_percent".into(),
+                figure("% of a core", &[round(i.percent(i.sys_ticks))]),
+            );
+            out.insert("rss_kib".into(), figure("KiB", &[i.rss_kib as f64]));
+            out.insert(
+                "accesses_per_sec".into(),
+                figure("1/s", &[round(i.accesses as f64 / i.wall_s)]),
+            );
+        }
+        b.vm.kill();
     }
-    json.push(format!(
-        "\"poll_interval_ms\": {poll_ms},\n  \"ack_latency_ms\": {:?},\n  \"stop_to_end_ms\": {:?},\n  \"resume_residual_ns\": {:?},\n  \"idle_cpu_user_percent\": {:.4},\n  \"idle_cpu_system_percent\": {:.4},\n  \"rss_kib\": {},\n  \"accesses_per_sec\": {:.3},\n  \"binary_bytes\": {size}",
-        s.ack_ms, s.end_ms, r, i.user_percent, i.sys_percent, i.rss_kib, i.accesses_per_sec
-    ));
-    Ok(())
+    out.insert("binary_bytes".into(), figure("bytes", &[size as f64]));
+    Ok(Value::Object(out))
+}
+
+/// The clock comparison's points (the one place that reads
+/// `clock_compare`'s results for the JSON).
+fn clock_json(c: &clock_compare::Comparison) -> Value {
+    let runs: Vec<Value> = c
+        .runs
+        .iter()
+        .map(|r| {
+            let pts: Vec<f64> = r.residuals_ns.iter().map(|&x| x as f64).collect();
+            json!({
+                "policy": r.name,
+                "residual_ns": signed_figure("ns", &pts),
+                "after_resume_ns": r.after_resume_ns,
+                "steps": r.steps,
+                "note": r.note,
+            })
+        })
+        .collect();
+    json!({
+        "minutes": c.minutes,
+        "host_ppm": 50,
+        "jitter_ns": 20000,
+        "every_s": 10,
+        "suspend_s": 90,
+        "runs": runs,
+    })
 }
 
 /// Kernel start → DRIVER_OK in both Debian 12 images, beside the old
 /// module's point; `n` boots of each.
-fn boot_windows(n: usize, json: &mut Vec<String>) -> Result<(), RigError> {
+fn boot_windows(n: usize) -> Result<Value, RigError> {
+    let mut out = Map::new();
     let mut all: Vec<BootWindow> = vec![];
-    for init in [Init::Systemd, Init::OpenRc] {
+    for (key, init) in [("systemd", Init::Systemd), ("openrc", Init::OpenRc)] {
         let img = Image::locate_init(init)?;
+        let mut ws = vec![];
         for i in 0..n {
             let mut o = BootOptions::new(&format!(
                 "bench-window-{}-{i}",
@@ -393,8 +628,25 @@ fn boot_windows(n: usize, json: &mut Vec<String>) -> Result<(), RigError> {
             eprintln!("boot window: {w}");
             d.vm.kill();
             d.discard();
-            all.push(w);
+            ws.push(w);
         }
+        let pts = |f: &dyn Fn(&BootWindow) -> Option<f64>| -> Vec<f64> {
+            ws.iter().filter_map(f).collect()
+        };
+        let boots: Vec<Value> = ws
+            .iter()
+            .map(|w| serde_json::from_str(&w.json()).expect("BootWindow::json is JSON"))
+            .collect();
+        out.insert(
+            key.into(),
+            json!({
+                "driver_ok_s": figure("s", &pts(&|w| Some(w.driver_ok))),
+                "agent_started_s": figure("s", &pts(&|w| w.agent_started)),
+                "old_module_s": figure("s", &pts(&|w| w.module_loaded)),
+                "boots": boots,
+            }),
+        );
+        all.extend(ws);
     }
     let opt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.2}"));
     println!(
@@ -415,20 +667,13 @@ fn boot_windows(n: usize, json: &mut Vec<String>) -> Result<(), RigError> {
             ))
         );
     }
-    json.push(format!(
-        "\"boot_window\": [\n    {}\n  ]",
-        all.iter()
-            .map(|w| w.json())
-            .collect::<Vec<_>>()
-            .join(",\n    ")
-    ));
-    Ok(())
+    Ok(Value::Object(out))
 }
 
 /// `n` busybox boots, each with one busy loop per vCPU and a disk writer
 /// running when `vmctl stop` comes: REBOOT posted → ACK.
-fn ack_under_load(kernel: &str, n: usize, json: &mut Vec<String>) -> Result<(), RigError> {
-    let mut acks = vec![];
+fn ack_under_load(kernel: &str, n: usize) -> Result<Value, RigError> {
+    let (mut acks, mut ends, mut busy) = (vec![], vec![], vec![]);
     for i in 0..n {
         let b = guest::boot(
             kernel,
@@ -450,31 +695,81 @@ fn ack_under_load(kernel: &str, n: usize, json: &mut Vec<String>) -> Result<(), 
             RigError::Missing(format!("no ACK seen in loaded stop {i}\n{}", b.dump()))
         })?;
         eprintln!(
-            "loaded stop {:>2}: CPU {:.0}% busy, ack {:>4} ms, VM ended {:>5} ms after vmctl stop",
+            "loaded stop {:>2}: CPU {:.0}% busy, ack {:>8.3} ms, VM ended {:>9.3} ms after vmctl stop",
             i + 1,
             l.busy * 100.0,
-            ack.as_millis(),
-            stop.end.as_millis()
+            figures::ms(ack),
+            figures::ms(stop.end)
         );
-        acks.push(ack);
+        acks.push(figures::ms(ack));
+        ends.push(figures::ms(stop.end));
+        busy.push((l.busy * 1000.0).round() / 10.0);
     }
-    let (m, max) = load::median_max(&acks).unwrap_or_default();
-    println!("\n{:<38} {:>12}  note", "figure", "value");
-    println!(
-        "{:<38} {:>12.3}  n={n}, all clean stops, vmd allows 3000",
-        "ACK under load median (ms)",
-        m.as_secs_f64() * 1e3
-    );
-    println!(
-        "{:<38} {:>12.3}  a busy loop per vCPU + dd with fsync",
-        "ACK under load max (ms)",
-        max.as_secs_f64() * 1e3
-    );
-    let ms: Vec<u128> = acks.iter().map(|a| a.as_millis()).collect();
-    json.push(format!(
-        "\"ack_under_load\": {{\"n\": {n}, \"clean_stops\": {n}, \"median_ms\": {:.1}, \"max_ms\": {:.1}, \"ack_ms\": {ms:?}}}",
-        m.as_secs_f64() * 1e3,
-        max.as_secs_f64() * 1e3
-    ));
-    Ok(())
+    Ok(json!({
+        "ack_ms": figure("ms", &acks),
+        "stop_to_end_ms": figure("ms", &ends),
+        "busy_percent": figure("%", &busy),
+    }))
+}
+
+/// `vmctl stop`s in the Debian 12 images: systemd (`distro_stops`), OpenRC
+/// (`openrc_stops`), and loaded ones through the systemd unit
+/// (`distro_load_stops`). Each on a fresh boot; each must end clean, with a
+/// clean file system.
+fn distro_stops(args: &Args) -> Result<Value, RigError> {
+    let mut out = Map::new();
+    let runs = [
+        ("systemd", Init::Systemd, args.distro_stops, false),
+        ("openrc", Init::OpenRc, args.openrc_stops, false),
+        ("systemd_load", Init::Systemd, args.distro_load_stops, true),
+    ];
+    for (key, init, n, loaded) in runs {
+        if n == 0 {
+            continue;
+        }
+        let img = Image::locate_init(init)?;
+        let (mut acks, mut ends) = (vec![], vec![]);
+        for i in 0..n {
+            let d = distro::boot(&img, BootOptions::new(&format!("bench-{key}-{i}")))?;
+            d.vm.wait_vmd("DRIVER_OK", Duration::from_secs(60), |v| {
+                v.device_status() & vmmci_protocol::status::DRIVER_OK != 0
+            })?;
+            if loaded {
+                load::start(&d.vm, "/root")?;
+            }
+            let stop = load::stop_and_time(&d.vm, Duration::from_secs(150))?;
+            if stop.ended.outcome != Outcome::CleanStop {
+                return Err(RigError::Missing(format!(
+                    "{key} stop {i} ended as {:?}: {}\n{}",
+                    stop.ended.outcome,
+                    stop.ended.why,
+                    d.dump()
+                )));
+            }
+            let ack = stop.ack.ok_or_else(|| {
+                RigError::Missing(format!("no ACK seen in {key} stop {i}\n{}", d.dump()))
+            })?;
+            let fsck = image::fsck(&d.disk)?;
+            if !fsck.clean {
+                return Err(RigError::Missing(format!(
+                    "{key} stop {i}: e2fsck -fn not clean (exit {}):\n{}\n{}",
+                    fsck.exit_code,
+                    fsck.output,
+                    d.dump()
+                )));
+            }
+            eprintln!(
+                "{key} stop {:>2}: ack {:>8.3} ms, VM ended {:>7.2} s after vmctl stop, file system clean",
+                i + 1,
+                figures::ms(ack),
+                stop.end.as_secs_f64()
+            );
+            acks.push(figures::ms(ack));
+            ends.push((stop.end.as_secs_f64() * 1e3).round() / 1e3);
+            d.discard();
+        }
+        out.insert(format!("{key}_ack_ms"), figure("ms", &acks));
+        out.insert(format!("{key}_stop_s"), figure("s", &ends));
+    }
+    Ok(Value::Object(out))
 }
