@@ -2,6 +2,8 @@
 //! (seconds, microseconds) writes to QUEUE_ADDRESS with the host time the
 //! simulator recorded at the microseconds write.
 
+use crate::units::{SEC, US};
+
 /// One probe: the guest's clock when it sampled, and the host's simulated
 /// clock when the second write arrived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,7 +29,7 @@ pub fn pair_probe_writes(writes: &[(i64, u32)]) -> Vec<ProbeSample> {
         let (host_ns, usec) = writes[i + 1];
         if sec >= 1_000_000 && usec < 1_000_000 {
             out.push(ProbeSample {
-                guest_ns: sec as i64 * 1_000_000_000 + usec as i64 * 1_000,
+                guest_ns: sec as i64 * SEC + usec as i64 * US,
                 host_ns,
             });
             i += 2;
@@ -47,14 +49,10 @@ pub fn residuals_since(writes: &[(i64, u32)], skip: usize) -> Vec<i64> {
         .collect()
 }
 
-/// Median of a list of residuals.
+/// Median of a list of residuals: the upper median, a measured residual
+/// ([`crate::stats::upper_median`]).
 pub fn median(v: &[i64]) -> Option<i64> {
-    if v.is_empty() {
-        return None;
-    }
-    let mut s = v.to_vec();
-    s.sort_unstable();
-    Some(s[s.len() / 2])
+    crate::stats::upper_median(v)
 }
 
 #[cfg(test)]

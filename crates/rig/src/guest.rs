@@ -98,17 +98,20 @@ pub fn probe(vm: &Vm, prog: &str, count: u32) -> Result<Vec<i64>, RigError> {
     Ok(vm.with_vmd(|v| clock::residuals_since(v.probe_writes(), skip)))
 }
 
+/// The JSON object in a command's console output: from its first `{` to
+/// its last `}` (the agent's log lines can share the console).
+pub fn json_in(out: &str) -> Option<&str> {
+    match (out.find('{'), out.rfind('}')) {
+        (Some(i), Some(j)) if i < j => Some(&out[i..=j]),
+        _ => None,
+    }
+}
+
 /// The agent's status record, from `vmmci status --json` in the guest.
 pub fn agent_status(vm: &Vm) -> Result<vmmci_report::Status, RigError> {
     let out = vm.run("vmmci status --json", Duration::from_secs(30))?;
-    let json = match (out.find('{'), out.rfind('}')) {
-        (Some(i), Some(j)) if i < j => &out[i..=j],
-        _ => {
-            return Err(RigError::Missing(format!(
-                "no JSON from `vmmci status --json`: {out}"
-            )))
-        }
-    };
+    let json = json_in(&out)
+        .ok_or_else(|| RigError::Missing(format!("no JSON from `vmmci status --json`: {out}")))?;
     serde_json::from_str(json)
         .map_err(|e| RigError::Missing(format!("`vmmci status --json`: {e}: {json}")))
 }
@@ -178,12 +181,6 @@ impl Booted {
 
     /// The vmd log, the rig's actions and the console tail, for failures.
     pub fn dump(&self) -> String {
-        format!(
-            "--- vmd log ---\n{}--- host actions ---\n{:?}\n--- console tail ---\n{}\n(full log: {})",
-            self.vm.vmd_log(),
-            self.vm.actions(),
-            self.vm.console_tail(4000),
-            self.log.display()
-        )
+        format!("{}(full log: {})", self.vm.dump(4000), self.log.display())
     }
 }

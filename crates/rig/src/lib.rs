@@ -7,13 +7,18 @@ pub mod artifacts;
 pub mod clock;
 pub mod clock_compare;
 pub mod distro;
+pub mod events;
 pub mod figures;
 pub mod guest;
 pub mod image;
 pub mod load;
 pub mod proxy;
 pub mod qemu;
+pub mod rerun;
 pub mod restart;
+pub mod scenario;
+pub mod stats;
+pub mod units;
 pub mod vm;
 pub mod window;
 
@@ -33,6 +38,12 @@ pub enum RigError {
         what: String,
         tail: String,
     },
+    /// A guest command (`Vm::run`) exited with a non-zero status.
+    Failed {
+        cmd: String,
+        status: i32,
+        output: String,
+    },
 }
 
 impl std::fmt::Display for RigError {
@@ -50,6 +61,11 @@ impl std::fmt::Display for RigError {
                     "VM ended while waiting for {what}\n--- console tail ---\n{tail}\n---"
                 )
             }
+            RigError::Failed {
+                cmd,
+                status,
+                output,
+            } => write!(f, "guest command {cmd:?} exited {status}: {output}"),
         }
     }
 }

@@ -5,8 +5,7 @@
 
 use std::time::Duration;
 
-use vmd_sim::{EventKind, VmmciCmd};
-
+use crate::events::{first_at, is_reboot_ack, is_reboot_posted};
 use crate::vm::{Ended, Vm};
 use crate::RigError;
 
@@ -102,27 +101,16 @@ pub struct Stop {
 
 /// `vmctl stop` now, wait (up to `timeout`) for the VM to end, and time it.
 pub fn stop_and_time(vm: &Vm, timeout: Duration) -> Result<Stop, RigError> {
-    let ev0 = vm.with_vmd(|v| v.events().len());
+    let ev0 = vm.n_events();
     let t0 = vm.elapsed();
     vm.vmctl_stop()
         .map_err(|e| RigError::Missing(format!("vmctl stop refused: {e}")))?;
     let ended = vm.wait_end(timeout)?;
-    let ack = vm.with_vmd(|v| {
-        let evs = &v.events()[ev0.min(v.events().len())..];
-        let posted = evs.iter().find_map(|e| match e.kind {
-            EventKind::Posted {
-                cmd: VmmciCmd::Reboot,
-                ..
-            } => Some(e.at),
-            _ => None,
-        })?;
-        evs.iter().find_map(|e| match e.kind {
-            EventKind::Ack {
-                cmd: VmmciCmd::Reboot,
-                ..
-            } if e.at >= posted => Some(e.at - posted),
-            _ => None,
-        })
+    let evs = vm.events_since(ev0);
+    let ack = first_at(&evs, is_reboot_posted).and_then(|posted| {
+        evs.iter()
+            .find(|e| is_reboot_ack(&e.kind) && e.at >= posted)
+            .map(|e| e.at - posted)
     });
     Ok(Stop {
         ack,
@@ -131,17 +119,10 @@ pub fn stop_and_time(vm: &Vm, timeout: Duration) -> Result<Stop, RigError> {
     })
 }
 
-/// Median and maximum of some durations (`None` when empty).
+/// Median and maximum of some durations (`None` when empty; see
+/// [`crate::stats::median_max`]).
 pub fn median_max(v: &[Duration]) -> Option<(Duration, Duration)> {
-    let mut s = v.to_vec();
-    s.sort();
-    let n = s.len();
-    let median = match n {
-        0 => return None,
-        _ if n % 2 == 1 => s[n / 2],
-        _ => (s[n / 2 - 1] + s[n / 2]) / 2,
-    };
-    Some((median, s[n - 1]))
+    crate::stats::median_max(v)
 }
 
 #[cfg(test)]

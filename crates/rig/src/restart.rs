@@ -85,6 +85,16 @@ pub fn marker_pid(console: &str, from: usize, marker: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
+/// `out` without the watcher's marker lines: the watcher writes them to the
+/// console whenever it sees something, so they can fall into the output of
+/// a command that runs meanwhile.
+pub fn without_markers(out: &str) -> String {
+    out.lines()
+        .filter(|l| ![OLD_PID, NEW_PID, ACKED_BY].iter().any(|m| l.contains(m)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The simulator's status writes from index `from` on, each stamped with
 /// the simulator's time when a poll first saw it (polls every 2 ms while a
 /// test waits through [`StatusWatch::wait_until`] / [`StatusWatch::wait_end`]).
@@ -178,6 +188,12 @@ mod tests {
         assert_eq!(marker_pid(con, 5, NEW_PID), Some(42));
         assert_eq!(marker_pid(con, 0, ACKED_BY), None);
         assert_eq!(marker_pid(con, 999, NEW_PID), None);
+    }
+
+    #[test]
+    fn markers_are_taken_out_of_other_output() {
+        assert_eq!(without_markers("123\nRIG-NEWPID:456\n"), "123");
+        assert_eq!(without_markers("a\nb"), "a\nb");
     }
 
     #[test]

@@ -254,10 +254,13 @@ pub fn measure(d: &Distro, init: Init) -> Result<BootWindow, RigError> {
             .parse::<u64>()
             .ok()
             .filter(|&x| x > 0)
-            .map(|x| x as f64 / 1e6))
+            .map(crate::units::usecs_as_secs))
     };
     // The stand-in for the old module (prepare_module_stand_in), by its stamp.
-    let dmesg = d.sh(&format!("dmesg | grep -m1 '{STAND_IN_LINE}'"), t)?;
+    // grep's status is its answer: no such line, no module point.
+    let dmesg = d
+        .sh_status(&format!("dmesg | grep -m1 '{STAND_IN_LINE}'"), t)?
+        .output;
     let module_loaded = printk_stamp(dmesg.trim_start().as_bytes());
     let w = match init {
         Init::Systemd => {
@@ -266,10 +269,12 @@ pub fn measure(d: &Distro, init: Init) -> Result<BootWindow, RigError> {
                 "ExecMainExitTimestampMonotonic",
             )?;
             let started = usecs("vmmci.service", "InactiveExitTimestampMonotonic")?;
-            let journal = d.sh(
-                "journalctl -b -u vmmci.service -o short-monotonic --no-pager | grep -m1 DRIVER_OK",
-                t,
-            )?;
+            let journal = d
+                .sh_status(
+                    "journalctl -b -u vmmci.service -o short-monotonic --no-pager | grep -m1 DRIVER_OK",
+                    t,
+                )?
+                .output;
             BootWindow {
                 init: "systemd",
                 qemu_to_kernel: zero,

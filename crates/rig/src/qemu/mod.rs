@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 use crate::proxy::{self, BarDevice, ProxyDevice, ProxyStats};
 use crate::RigError;
 
+mod cmdline;
+
+pub use cmdline::guest_clock_params;
+
 /// How to start QEMU.
 #[derive(Clone, Debug)]
 pub struct QemuOptions {
@@ -82,6 +86,25 @@ pub struct Qemu {
     pub command_line: Vec<String>,
 }
 
+/// A thread that reads `from` until EOF (or an error), hands each chunk to
+/// `chunk`, then calls `done`.
+fn pump(
+    mut from: impl Read + Send + 'static,
+    mut chunk: impl FnMut(&[u8]) + Send + 'static,
+    done: impl FnOnce() + Send + 'static,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => chunk(&buf[..n]),
+            }
+        }
+        done();
+    })
+}
+
 fn tail(data: &[u8], n: usize) -> String {
     let s = &data[data.len().saturating_sub(n)..];
     String::from_utf8_lossy(s).into_owned()
@@ -99,55 +122,7 @@ impl Qemu {
             UnixStream::pair().map_err(|e| RigError::Io("socketpair".into(), e))?;
         let theirs_fd = theirs.as_raw_fd();
 
-        let mut append = String::from("console=ttyS0");
-        append.push_str(&guest_clock_params());
-        if opts.data_disk.is_some() {
-            append.push_str(" rig.data");
-        }
-        if !opts.append.is_empty() {
-            append.push(' ');
-            append.push_str(&opts.append);
-        }
-        let mem = format!("{}M", opts.memory_mb);
-        let mut args: Vec<String> = vec![
-            "-accel".into(),
-            "tcg".into(),
-            "-machine".into(),
-            "pc,acpi=off,memory-backend=mem".into(),
-            "-object".into(),
-            format!("memory-backend-memfd,id=mem,size={mem},share=on"),
-            "-m".into(),
-            mem,
-            "-smp".into(),
-            "1".into(),
-            "-nodefaults".into(),
-            "-no-reboot".into(),
-            "-display".into(),
-            "none".into(),
-            "-monitor".into(),
-            "none".into(),
-            "-serial".into(),
-            "stdio".into(),
-            "-kernel".into(),
-            opts.kernel.display().to_string(),
-            "-initrd".into(),
-            opts.initramfs.display().to_string(),
-            "-append".into(),
-            append,
-        ];
-        if let Some(disk) = &opts.data_disk {
-            args.push("-drive".into());
-            args.push(format!(
-                "file={},format=raw,if=none,id=data0,cache=writeback",
-                disk.display()
-            ));
-            args.push("-device".into());
-            args.push("virtio-blk-pci,drive=data0".into());
-        }
-        args.extend(opts.extra_args.iter().cloned());
-        // vmd creates vmmci last: keep the proxy device last on the bus.
-        args.push("-device".into());
-        args.push(format!("x-pci-proxy-dev,id=vmmci0,fd={theirs_fd}"));
+        let args = cmdline::args(opts, theirs_fd);
 
         let log = OpenOptions::new()
             .create(true)
@@ -203,43 +178,41 @@ impl Qemu {
             })
             .map_err(|e| RigError::Io("spawn proxy thread".into(), e))?;
 
-        let mut readers = Vec::new();
-        let mut stdout = child.stdout.take().unwrap();
         let (sh, lg) = (shared.clone(), log.clone());
-        readers.push(std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            loop {
-                let n = match stdout.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
+        let stdout = child.stdout.take().unwrap();
+        let console = pump(
+            stdout,
+            move |chunk| {
                 let at = start.elapsed();
-                let _ = lg.lock().unwrap().write_all(&buf[..n]);
+                let _ = lg.lock().unwrap().write_all(chunk);
                 let mut c = sh.console.lock().unwrap();
-                c.data.extend_from_slice(&buf[..n]);
+                c.data.extend_from_slice(chunk);
                 let end = c.data.len();
                 c.arrivals.push((end, at));
                 drop(c);
                 sh.console_cv.notify_all();
-            }
-            sh.console.lock().unwrap().eof = true;
-            sh.console_cv.notify_all();
-        }));
-        let mut stderr = child.stderr.take().unwrap();
+            },
+            {
+                let sh = shared.clone();
+                move || {
+                    sh.console.lock().unwrap().eof = true;
+                    sh.console_cv.notify_all();
+                }
+            },
+        );
         let (sh, lg) = (shared.clone(), log.clone());
-        readers.push(std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            loop {
-                let n = match stderr.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
+        let stderr = child.stderr.take().unwrap();
+        let errors = pump(
+            stderr,
+            move |chunk| {
                 let _ = lg.lock().unwrap().write_all(
-                    format!("\n[qemu stderr] {}", String::from_utf8_lossy(&buf[..n])).as_bytes(),
+                    format!("\n[qemu stderr] {}", String::from_utf8_lossy(chunk)).as_bytes(),
                 );
-                sh.stderr.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        }));
+                sh.stderr.lock().unwrap().extend_from_slice(chunk);
+            },
+            || {},
+        );
+        let readers = vec![console, errors];
         let stdin = child.stdin.take();
         Ok(Qemu {
             child: Mutex::new(child),
@@ -459,37 +432,5 @@ impl Drop for Qemu {
                 self.log_line(&format!("proxy note: {n}"));
             }
         }
-    }
-}
-
-/// Kernel parameters that give the guest a real clock under TCG. With
-/// `acpi=off` (vmd has no ACPI) there is no HPET, and the kernel cannot
-/// calibrate the TSC against the emulated PIT, so it falls back to a
-/// jiffies clock with 4 ms steps that loses time whenever TCG delivers a
-/// tick late: useless for measuring a clock agent. Under TCG the guest's
-/// TSC is the host's, so when the host's TSC is constant, hand its
-/// frequency to the guest. (Under vmd, Linux guests get the TSC and a
-/// pvclock: a fine clock, as this gives.)
-pub fn guest_clock_params() -> String {
-    let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
-        return String::new();
-    };
-    if !cpuinfo.contains(" constant_tsc") {
-        return String::new();
-    }
-    let mhz = cpuinfo.lines().find_map(|l| {
-        l.strip_prefix("cpu MHz")?
-            .split(':')
-            .nth(1)?
-            .trim()
-            .parse::<f64>()
-            .ok()
-    });
-    match mhz {
-        Some(mhz) if mhz > 100.0 => format!(
-            " tsc_early_khz={} tsc=reliable",
-            (mhz * 1000.0).round() as u64
-        ),
-        _ => String::new(),
     }
 }

@@ -1,0 +1,219 @@
+//! The guest's clock: host clock jumps and SYNCRTC, the agent's status
+//! against the clock probe, `discipline` in a real kernel, and the clock
+//! source the agent reports.
+
+use std::time::Duration;
+
+use vmd_sim::EventKind;
+use vmmci_rig::events::{self, is_syncrtc_posted};
+use vmmci_rig::guest::{self, Guest};
+use vmmci_rig::units::{self, SEC};
+use vmmci_rig::vm::Outcome;
+
+use crate::common::*;
+
+/// Host clock +90 s: vmd sends SYNCRTC, the agent acks and steps the guest.
+pub fn host_clock_forward_syncrtc() {
+    let _g = serial();
+    let b = boot(BOOKWORM_CLOUD, Guest::agent(), "clockfwd");
+    driver_ok(&b);
+    let before = probe(&b, 3);
+    let n = b.vm.n_events();
+    b.vm.jump_host_clock(90 * SEC);
+    wait_rtc_acked(&b, n, "SYNCRTC acked after +90 s");
+    assert!(
+        events::any(&b.vm.event_kinds_since(n), is_syncrtc_posted),
+        "{}",
+        b.dump()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let after = probe(&b, 5);
+    assert!(
+        before.abs() < 3 * SEC / 2,
+        "before (RTC-set clock, 1 s resolution): {before}"
+    );
+    assert!(
+        after.abs() < SEC / 2,
+        "guest not corrected: residual {after} ns\n{}",
+        b.dump()
+    );
+    assert!(b.vm.with_vmd(|v| v.violations().is_empty()), "{}", b.dump());
+}
+
+/// Host clock −40 s: vmd sends nothing; an explicit SYNCRTC then corrects.
+pub fn host_clock_backward_explicit_syncrtc() {
+    let _g = serial();
+    let b = boot(BOOKWORM_CLOUD, Guest::agent(), "clockback");
+    driver_ok(&b);
+    let n = b.vm.n_events();
+    b.vm.jump_host_clock(-40 * SEC);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !events::any(&b.vm.event_kinds_since(n), is_syncrtc_posted),
+        "vmd must not send SYNCRTC for a backward jump\n{}",
+        b.dump()
+    );
+    let r = probe(&b, 3);
+    assert!(
+        (r - 40 * SEC).abs() < 3 * SEC / 2,
+        "guest should be ~40 s ahead before resync: {r}"
+    );
+    let n = b.vm.n_events();
+    assert!(b.vm.request_syncrtc(), "SYNCRTC not posted\n{}", b.dump());
+    wait_rtc_acked(&b, n, "explicit SYNCRTC acked");
+    std::thread::sleep(Duration::from_millis(500));
+    let after = probe(&b, 5);
+    assert!(
+        after.abs() < SEC / 2,
+        "guest did not follow the host back: residual {after}\n{}",
+        b.dump()
+    );
+}
+
+/// The integer at `key` of the JSON object in `out` (a command's console
+/// output), if it has one.
+pub fn json_i64(out: &str, key: &str) -> Option<i64> {
+    let json: serde_json::Value = serde_json::from_str(guest::json_in(out)?).ok()?;
+    json.get(key)?.as_i64()
+}
+
+/// `vmmci status --json` agrees with the host offset the rig injected.
+pub fn status_json_drift() {
+    let _g = serial();
+    let b = boot(
+        BOOKWORM_CLOUD,
+        Guest::agent().args("daemon --poll-interval 100ms --sample-interval 2s"),
+        "status",
+    );
+    driver_ok(&b);
+    // +3 s: below vmd's 5 s RTC threshold, so no SYNCRTC: only the drift shows.
+    b.vm.jump_host_clock(3 * SEC);
+    std::thread::sleep(Duration::from_secs(5));
+    let out = must(
+        b.vm.run("vmmci status --json", Duration::from_secs(20)),
+        "status",
+    );
+    let drift =
+        json_i64(&out, "drift_ns").unwrap_or_else(|| panic!("no drift_ns in: {out}\n{}", b.dump()));
+    let r = probe(&b, 3);
+    eprintln!("  status drift_ns {drift}, probe residual {r}");
+    // The guest clock came from the RTC (1 s resolution) unless the agent
+    // stepped it: compare loosely with the injection, tightly with the probe.
+    assert!(
+        (drift - 3 * SEC).abs() < 3 * SEC / 2,
+        "drift_ns {drift} vs injected +3 s\n{out}"
+    );
+    assert!(
+        (drift + r).abs() < SEC / 2,
+        "agent drift {drift} disagrees with probe residual {r}"
+    );
+}
+
+/// `discipline` in a real kernel: with the host clock 50 ppm fast, the
+/// agent learns the rate through the kernel's frequency correction and
+/// holds the guest clock to the host within a millisecond with no step;
+/// then the guest clock is set back a minute with no SYNCRTC (a resume the
+/// agent missed) and the next sample steps it back.
+pub fn discipline_slews_a_fast_host_and_steps_a_missed_resume() {
+    let _g = serial();
+    let b = boot(
+        BOOKWORM_CLOUD,
+        Guest::agent()
+            .args("daemon --clock-mode discipline --sample-interval 2s")
+            .host_clock(50.0, 20_000),
+        "discipline",
+    );
+    driver_ok(&b);
+    let st = wait_status(&b, "30 slews", Duration::from_secs(180), |s| {
+        s.clock.slews >= 30
+    });
+    let learned = st.clock.learned_frequency_ppm.unwrap_or(f64::NAN);
+    let steps_before = st.clock.steps_periodic;
+    let r = probe(&b, 5);
+    eprintln!(
+        "  discipline: {} slews, learned {learned:+.3} ppm, frequency {:+.3} ppm, probe residual {:+.3} ms",
+        st.clock.slews,
+        st.clock.frequency_ppm.unwrap_or(f64::NAN),
+        units::millis(r)
+    );
+    assert_eq!(st.clock.mode, "discipline");
+    assert!(
+        (learned - 50.0).abs() < 15.0,
+        "learned rate {learned} ppm; the host runs 50 ppm fast\n{st:?}"
+    );
+    assert!(
+        r.abs() < units::MS,
+        "guest − host {r} ns after a minute of discipline\n{}",
+        b.dump()
+    );
+
+    let n = b.vm.n_events();
+    must(
+        b.vm.run(
+            "date -s @$(( $(date +%s) - 60 )) >/dev/null && echo set-back",
+            Duration::from_secs(20),
+        ),
+        "date -s",
+    );
+    let st = wait_status(&b, "the periodic step", Duration::from_secs(60), |s| {
+        s.clock.steps_periodic > steps_before
+    });
+    let step = st.last_step.clone().expect("a step");
+    assert_eq!(step.cause, "periodic");
+    assert!(
+        (step.delta_ns - 60 * SEC).abs() < 2 * SEC,
+        "stepped by {} ns",
+        step.delta_ns
+    );
+    let evs = b.vm.event_kinds_since(n);
+    assert!(
+        !evs.iter().any(|k| matches!(k, EventKind::Posted { .. })),
+        "no command was involved: {evs:?}"
+    );
+    let r = probe(&b, 5);
+    assert!(
+        r.abs() < units::MS,
+        "guest − host {r} ns after the step\n{}",
+        b.dump()
+    );
+}
+
+/// `vmmci status` reports the clock source the guest kernel itself names,
+/// and the ones it offers, on two kernels (6.1 and 6.12).
+pub fn clock_source_matches_the_kernel(kernel: &str) {
+    let _g = serial();
+    let b = boot(kernel, Guest::agent(), "clocksource");
+    driver_ok(&b);
+    let sysfs = "/sys/devices/system/clocksource/clocksource0";
+    let read = |file: &str| {
+        must(
+            b.vm.run(&format!("cat {sysfs}/{file}"), Duration::from_secs(30)),
+            file,
+        )
+    };
+    let (current, available) = (read("current_clocksource"), read("available_clocksource"));
+    let status = agent_status(&b);
+    let source = status
+        .clock_source
+        .unwrap_or_else(|| panic!("no clock source in the status\n{}", b.dump()));
+    eprintln!("  [{kernel}] kernel: {current:?} of {available:?}; agent: {source:?}");
+    assert!(
+        current
+            .lines()
+            .any(|l| Some(l.trim()) == source.current.as_deref()),
+        "agent says {:?}, kernel {current:?}",
+        source.current
+    );
+    let kernel_list: Vec<&str> = available
+        .lines()
+        .find(|l| l.contains(source.current.as_deref().unwrap_or("?")))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(source.available, kernel_list, "available clock sources");
+    // QEMU's TCG offers no kvm-clock leaves, unlike a recent vmm.
+    assert!(!source.kvm_clock_offered);
+    b.vm.vmctl_stop().expect("stop accepted");
+    let e = end(&b, Duration::from_secs(60));
+    assert_outcome(&b, &e, Outcome::CleanStop);
+}

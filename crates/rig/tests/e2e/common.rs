@@ -1,0 +1,92 @@
+//! What the e2e scenarios share: the kernels, booting the busybox guest,
+//! and the checks only it needs (the rest is `vmmci_rig::scenario`).
+
+use std::time::Duration;
+
+use vmd_sim::EventKind;
+use vmmci_rig::guest::{self, Booted, Guest};
+use vmmci_rig::vm::Ended;
+use vmmci_rig::{artifacts, events, rerun, stats, units};
+
+pub use vmmci_rig::scenario::*;
+
+pub const BOOKWORM_CLOUD: &str = "bookworm-cloud";
+pub const BOOKWORM_GENERIC: &str = "bookworm-generic";
+pub const TRIXIE_CLOUD: &str = "trixie-cloud";
+
+/// Where the busybox guest's agent writes its status.
+pub const STATUS_FILE: &str = "/run/vmmci/status.json";
+
+pub fn boot(kernel: &str, g: Guest, tag: &str) -> Booted {
+    let b = must(guest::boot(kernel, &g, tag), "boot");
+    eprintln!(
+        "[{tag}-{kernel}] RIG: ready at {:.2}s (log {})",
+        b.ready_at.as_secs_f64(),
+        b.log.display()
+    );
+    b
+}
+
+pub fn driver_ok(b: &Booted) -> Duration {
+    let t = must(b.driver_ok(Duration::from_secs(60)), "agent handshake");
+    eprintln!("  DRIVER_OK at {:.2}s", t.as_secs_f64());
+    t
+}
+
+/// The agent's pid. The agent logs to the same console, so its lines can
+/// fall into the output: pidof's line is the one that is a number.
+pub fn agent_pid(b: &Booted) -> u32 {
+    let out = must(b.vm.run("pidof vmmci", Duration::from_secs(20)), "pidof");
+    out.lines()
+        .rev()
+        .find_map(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("one agent pid, got {out:?}\n{}", b.dump()))
+}
+
+/// Median residual guest − host (ns) from `count` probe samples.
+pub fn probe(b: &Booted, count: u32) -> i64 {
+    let res = must(b.probe(count), "clock probe");
+    assert_eq!(res.len(), count as usize, "probe samples: {res:?}");
+    let m = stats::upper_median(&res).unwrap();
+    eprintln!(
+        "  probe residual guest-host: median {:+.6}s (n={})",
+        units::secs(m),
+        res.len()
+    );
+    m
+}
+
+/// Wait until the agent has acknowledged a SYNCRTC posted since the
+/// `from`th event.
+pub fn wait_rtc_acked(b: &Booted, from: usize, what: &str) {
+    must(
+        b.vm.wait_vmd(what, Duration::from_secs(20), |v| {
+            v.events()[from.min(v.events().len())..]
+                .iter()
+                .any(|e| events::is_rtc_sync_acked(&e.kind))
+        }),
+        what,
+    );
+}
+
+/// The VM ended at the guest's halt, as vmm ends it (HLT with interrupts
+/// off): the console showed the halt, the end came with it, and vmd's last
+/// word was that end.
+pub fn assert_ended_at_the_halt(b: &Booted, e: &Ended) {
+    vmmci_rig::scenario::assert_ended_at_the_halt(b, e);
+    let last =
+        b.vm.with_vmd(|v| v.events().last().map(|ev| ev.kind.clone()));
+    assert_eq!(
+        last,
+        Some(EventKind::Ended(vmd_sim::VmEnd::Halted)),
+        "{}",
+        b.dump()
+    );
+}
+
+/// A scenario on trixie's kernel, booted with `tag`: run again when its VM
+/// ended on a guest kernel crash (see `vmmci_rig::rerun`).
+pub fn on_trixie(tag: &str, scenario: impl Fn() + std::panic::RefUnwindSafe) {
+    let log = artifacts::work_dir().join(format!("{tag}-{TRIXIE_CLOUD}.log"));
+    rerun::on_guest_crash(TRIXIE_CLOUD, &log, scenario);
+}
