@@ -33,7 +33,7 @@ parts: basic (stops, resumes, idle), clock, window, load, distro
 --short: --stops 5 --resumes 3 --idle-secs 0 --load-stops 3 --only basic,load (later flags override)
 --check: exit 1 when a figure misses its target (vmmci_rig::figures::checks)
 results: a full run writes bench/results/<UTC date>-<short rev>.json; a run with --only or
---short only with --save; --json FILE writes FILE too. Then: cargo run -p vmmci-rig --bin vmmci-figures";
+--short only with --save; --json FILE writes FILE instead (and bench/results too with --save). Then: cargo run -p vmmci-rig --bin vmmci-figures";
 
 impl Default for Args {
     fn default() -> Args {
