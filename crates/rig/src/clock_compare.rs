@@ -10,19 +10,21 @@
 //!
 //! All three start from a stepped clock (`vmmci sync`; chrony's makestep)
 //! and get a minute to settle. Then, every 10 s, the clock probe measures
-//! guest − host in each, independently of the agent and of chrony.
+//! guest − host in each, independently of the agent and of chrony: three
+//! points per probe, each an interval `[g_before − h, g_after − h]` (see
+//! [`crate::clock`]), all kept in [`PolicyRun::points`].
 
 use std::time::{Duration, Instant};
 
 use vmd_sim::EventKind;
 
-use crate::clock::median;
+use crate::clock::{self, median, ProbeSample};
 use crate::distro::{self, BootOptions, Distro, Image};
 use crate::guest::{self, Booted, Guest, HostClockError};
+use crate::units::SEC;
 use crate::vm::Vm;
 use crate::{artifacts, RigError};
 
-const SEC: i64 = 1_000_000_000;
 const HOST: HostClockError = HostClockError {
     ppm: 50.0,
     jitter_ns: 20_000,
@@ -31,13 +33,35 @@ const EVERY: Duration = Duration::from_secs(10);
 const SETTLE: Duration = Duration::from_secs(60);
 const GUEST_PROBE: &str = "/usr/local/bin/rig-clockprobe";
 
+/// One probe point of a run: when, and guest − host as an interval.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RunPoint {
+    /// Seconds since the measured run started.
+    pub at_s: f64,
+    pub point: ProbeSample,
+}
+
+impl RunPoint {
+    /// Midpoint of guest − host, ns.
+    pub fn mid_ns(&self) -> i64 {
+        self.point.mid_ns()
+    }
+    /// Width of the interval, ns.
+    pub fn width_ns(&self) -> i64 {
+        self.point.width_ns()
+    }
+}
+
 /// One policy's figures.
 pub struct PolicyRun {
     pub name: &'static str,
-    /// guest − host, ns, one probe median every 10 s.
-    pub residuals_ns: Vec<i64>,
-    /// Right after the suspend's SYNCRTC was acknowledged.
+    /// Every probe point of the run (three every 10 s), in order.
+    pub points: Vec<RunPoint>,
+    /// Right after the suspend's SYNCRTC was acknowledged: the midpoint of
+    /// the narrowest point ([`clock::narrowest`]).
     pub after_resume_ns: Option<i64>,
+    /// The points of that probe.
+    pub after_resume_points: Vec<ProbeSample>,
     /// Steps the agent made during the run (requested + periodic).
     pub steps: u64,
     pub note: String,
@@ -66,9 +90,9 @@ impl Subject {
             Subject::Distro(_) => GUEST_PROBE,
         }
     }
-    fn probe(&self) -> Result<i64, RigError> {
-        let r = guest::probe(self.vm(), self.probe_prog(), 3)?;
-        median(&r).ok_or_else(|| RigError::Missing("no probe samples".into()))
+    /// The points of one probe.
+    fn probe(&self) -> Result<Vec<ProbeSample>, RigError> {
+        guest::probe_points(self.vm(), self.probe_prog(), 3)
     }
     fn steps(&self) -> Result<u64, RigError> {
         let st = guest::agent_status(self.vm())?;
@@ -114,8 +138,9 @@ pub fn compare(kernel: &str, minutes: u64) -> Result<Comparison, RigError> {
     let start = Instant::now();
     let total = Duration::from_secs(minutes * 60);
     let suspend_at = total / 2;
-    let mut residuals = vec![Vec::new(); subjects.len()];
+    let mut points = vec![Vec::new(); subjects.len()];
     let mut after_resume = vec![None; subjects.len()];
+    let mut after_resume_points = vec![Vec::new(); subjects.len()];
     let mut suspended = false;
     let mut next = start;
     while start.elapsed() < total {
@@ -135,19 +160,20 @@ pub fn compare(kernel: &str, minutes: u64) -> Result<Comparison, RigError> {
                             .iter()
                             .any(|e| matches!(e.kind, EventKind::RtcSyncAcked { .. }))
                     })?;
-                let r = s.probe()?;
-                eprintln!("  {name}: after the +90 s resume {:+.3} ms", r as f64 / 1e6);
-                after_resume[i] = Some(r);
+                let p = s.probe()?;
+                eprintln!("  {name}: after the +90 s resume {}", clock::describe(&p));
+                after_resume[i] = clock::narrowest(&p).map(|n| n.mid_ns());
+                after_resume_points[i] = p;
             }
         }
         for (i, (name, s)) in subjects.iter().enumerate() {
-            let r = s.probe()?;
+            let at_s = start.elapsed().as_secs_f64();
+            let p = s.probe()?;
             eprintln!(
-                "  [{:>4.0} s] {name:<22} guest − host {:+9.3} ms",
-                start.elapsed().as_secs_f64(),
-                r as f64 / 1e6
+                "  [{at_s:>4.0} s] {name:<22} guest − host {}",
+                clock::describe(&p)
             );
-            residuals[i].push(r);
+            points[i].extend(p.into_iter().map(|point| RunPoint { at_s, point }));
         }
         next += EVERY;
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
@@ -171,8 +197,9 @@ pub fn compare(kernel: &str, minutes: u64) -> Result<Comparison, RigError> {
         };
         runs.push(PolicyRun {
             name,
-            residuals_ns: residuals[i].clone(),
+            points: points[i].clone(),
             after_resume_ns: after_resume[i],
+            after_resume_points: after_resume_points[i].clone(),
             steps: s.steps()? - steps0[i],
             note,
         });
@@ -183,29 +210,40 @@ pub fn compare(kernel: &str, minutes: u64) -> Result<Comparison, RigError> {
     Ok(Comparison { minutes, runs })
 }
 
-/// p-th percentile (nearest rank).
-fn percentile(v: &[i64], p: f64) -> i64 {
-    let mut s = v.to_vec();
-    s.sort_unstable();
-    if s.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * s.len() as f64).ceil().max(1.0) as usize;
-    s[rank.min(s.len()) - 1]
-}
-
 impl PolicyRun {
+    /// |midpoint| of every point.
     fn abs(&self) -> Vec<i64> {
-        self.residuals_ns.iter().map(|x| x.abs()).collect()
+        self.points.iter().map(|p| p.mid_ns().abs()).collect()
     }
+    /// Median |guest − host| over every point's midpoint (not over the
+    /// per-probe medians).
     pub fn median_abs_ns(&self) -> i64 {
         median(&self.abs()).unwrap_or(0)
     }
+    /// 99th percentile of |midpoint| over every point.
     pub fn p99_abs_ns(&self) -> i64 {
-        percentile(&self.abs(), 99.0)
+        crate::stats::percentile(&self.abs(), 99.0).unwrap_or(0)
     }
+    /// Largest |midpoint| over every point.
     pub fn max_abs_ns(&self) -> i64 {
         self.abs().into_iter().max().unwrap_or(0)
+    }
+    /// Largest |guest − host| any point allows: its interval's far end.
+    pub fn max_bound_ns(&self) -> i64 {
+        self.points
+            .iter()
+            .map(|p| p.point.max_abs_ns())
+            .max()
+            .unwrap_or(0)
+    }
+    /// Median width of the points' intervals.
+    pub fn median_width_ns(&self) -> i64 {
+        let w: Vec<i64> = self.points.iter().map(|p| p.width_ns()).collect();
+        median(&w).unwrap_or(0)
+    }
+    /// Widest point's interval.
+    pub fn max_width_ns(&self) -> i64 {
+        self.points.iter().map(|p| p.width_ns()).max().unwrap_or(0)
     }
 }
 
@@ -216,18 +254,23 @@ impl Comparison {
             self.minutes,
             self.minutes as f64 / 2.0
         );
-        println!("guest − host by the clock probe every 10 s (|x|, ms)");
         println!(
-            "{:<22} {:>9} {:>9} {:>9} {:>13} {:>6}  note",
-            "policy", "median", "p99", "max", "after resume", "steps"
+            "guest − host by the clock probe, 3 points every 10 s (|midpoint| over all points; \
+             bound: the farthest end of any point's interval; width: the widest interval; ms)"
+        );
+        println!(
+            "{:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>13} {:>6}  note",
+            "policy", "median", "p99", "max", "bound", "width", "after resume", "steps"
         );
         for r in &self.runs {
             println!(
-                "{:<22} {:>9.3} {:>9.3} {:>9.3} {:>13} {:>6}  {}",
+                "{:<22} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>13} {:>6}  {}",
                 r.name,
                 r.median_abs_ns() as f64 / 1e6,
                 r.p99_abs_ns() as f64 / 1e6,
                 r.max_abs_ns() as f64 / 1e6,
+                r.max_bound_ns() as f64 / 1e6,
+                r.max_width_ns() as f64 / 1e6,
                 r.after_resume_ns
                     .map(|x| format!("{:+.3}", x as f64 / 1e6))
                     .unwrap_or_else(|| "-".into()),
@@ -235,29 +278,5 @@ impl Comparison {
                 r.note
             );
         }
-    }
-
-    pub fn json(&self) -> String {
-        let runs: Vec<String> = self
-            .runs
-            .iter()
-            .map(|r| {
-                format!(
-                    "{{\"policy\": \"{}\", \"median_abs_ns\": {}, \"p99_abs_ns\": {}, \"max_abs_ns\": {}, \"after_resume_ns\": {}, \"steps\": {}, \"residuals_ns\": {:?}}}",
-                    r.name,
-                    r.median_abs_ns(),
-                    r.p99_abs_ns(),
-                    r.max_abs_ns(),
-                    r.after_resume_ns.map_or("null".into(), |x| x.to_string()),
-                    r.steps,
-                    r.residuals_ns
-                )
-            })
-            .collect();
-        format!(
-            "\"clock\": {{\"host_ppm\": 50, \"jitter_ns\": 20000, \"minutes\": {}, \"runs\": [\n    {}\n  ]}}",
-            self.minutes,
-            runs.join(",\n    ")
-        )
     }
 }

@@ -85,9 +85,10 @@ pub struct Booted {
     pub log: PathBuf,
 }
 
-/// Run the clock probe (`prog`, as the guest finds it) for `count` samples
-/// and return the residuals guest − host (ns) the simulator saw.
-pub fn probe(vm: &Vm, prog: &str, count: u32) -> Result<Vec<i64>, RigError> {
+/// Run the clock probe (`prog`, as the guest finds it) for `count` points
+/// and return them as the simulator saw them: each a bracketed interval of
+/// guest − host (see [`clock`]).
+pub fn probe_points(vm: &Vm, prog: &str, count: u32) -> Result<Vec<clock::ProbeSample>, RigError> {
     let skip = vm.with_vmd(|v| v.probe_writes().len());
     let out = vm.run(&format!("{prog} {count} 50"), Duration::from_secs(60))?;
     if !out.contains("RIG-PROBE-DONE") {
@@ -95,7 +96,15 @@ pub fn probe(vm: &Vm, prog: &str, count: u32) -> Result<Vec<i64>, RigError> {
             "clock probe did not finish: {out}"
         )));
     }
-    Ok(vm.with_vmd(|v| clock::residuals_since(v.probe_writes(), skip)))
+    Ok(vm.with_vmd(|v| clock::points_since(v.probe_writes(), skip)))
+}
+
+/// [`probe_points`]' midpoints of guest − host (ns).
+pub fn probe(vm: &Vm, prog: &str, count: u32) -> Result<Vec<i64>, RigError> {
+    Ok(probe_points(vm, prog, count)?
+        .iter()
+        .map(|p| p.residual_ns())
+        .collect())
 }
 
 /// The JSON object in a command's console output: from its first `{` to
@@ -173,10 +182,15 @@ impl Booted {
         Ok(self.vm.elapsed())
     }
 
-    /// Residuals guest − host (ns) of `count` clock-probe samples, measured
-    /// independently of the agent (see `rig-clockprobe`).
+    /// Midpoints of guest − host (ns) of `count` clock-probe points,
+    /// measured independently of the agent (see `rig-clockprobe`).
     pub fn probe(&self, count: u32) -> Result<Vec<i64>, RigError> {
         probe(&self.vm, "rig-clockprobe", count)
+    }
+
+    /// `count` clock-probe points, each an interval of guest − host.
+    pub fn probe_points(&self, count: u32) -> Result<Vec<clock::ProbeSample>, RigError> {
+        probe_points(&self.vm, "rig-clockprobe", count)
     }
 
     /// The vmd log, the rig's actions and the console tail, for failures.

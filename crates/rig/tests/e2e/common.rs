@@ -6,7 +6,7 @@ use std::time::Duration;
 use vmd_sim::EventKind;
 use vmmci_rig::guest::{self, Booted, Guest};
 use vmmci_rig::vm::Ended;
-use vmmci_rig::{artifacts, events, rerun, stats, units};
+use vmmci_rig::{artifacts, clock, events, rerun, stats, units};
 
 pub use vmmci_rig::scenario::*;
 
@@ -43,17 +43,38 @@ pub fn agent_pid(b: &Booted) -> u32 {
         .unwrap_or_else(|| panic!("one agent pid, got {out:?}\n{}", b.dump()))
 }
 
-/// Median residual guest − host (ns) from `count` probe samples.
-pub fn probe(b: &Booted, count: u32) -> i64 {
-    let res = must(b.probe(count), "clock probe");
-    assert_eq!(res.len(), count as usize, "probe samples: {res:?}");
-    let m = stats::upper_median(&res).unwrap();
+/// `count` probe points, each an interval of guest − host (see
+/// `vmmci_rig::clock`); logs each one's midpoint and width.
+pub fn probe_points(b: &Booted, count: u32) -> Vec<clock::ProbeSample> {
+    let p = must(b.probe_points(count), "clock probe");
+    assert_eq!(p.len(), count as usize, "probe points: {p:?}");
     eprintln!(
-        "  probe residual guest-host: median {:+.6}s (n={})",
-        units::secs(m),
-        res.len()
+        "  probe guest-host (midpoint, width): {}",
+        clock::describe(&p)
     );
-    m
+    p
+}
+
+/// Median midpoint of guest − host (ns) from `count` probe points.
+pub fn probe(b: &Booted, count: u32) -> i64 {
+    let mids: Vec<i64> = probe_points(b, count).iter().map(|p| p.mid_ns()).collect();
+    stats::upper_median(&mids).unwrap()
+}
+
+/// The precision the agent claims after a step under TCG: |guest − host|
+/// ≤ 5 ms.
+pub const STEP_BOUND_NS: i64 = 5 * units::MS;
+
+/// `count` probe points whose whole interval lies within `target ± bound`,
+/// none wholly outside; points that straddle the bound are measured again,
+/// never counted (`vmmci_rig::clock::check_within` says why).
+pub fn assert_within(b: &Booted, count: usize, target: i64, bound: i64, what: &str) {
+    let c = clock::check_within(count, target, bound, 5, Duration::from_secs(1), |n| {
+        Ok::<_, ()>(probe_points(b, n as u32))
+    })
+    .unwrap();
+    eprintln!("  {what}: {}", c.summary());
+    assert!(c.passed(), "{what}: {}\n{}", c.summary(), b.dump());
 }
 
 /// Wait until the agent has acknowledged a SYNCRTC posted since the

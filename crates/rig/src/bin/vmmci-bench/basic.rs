@@ -5,9 +5,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 use vmd_sim::{EventKind, VmmciCmd};
-use vmmci_rig::clock::median;
+use vmmci_rig::clock::{self, ProbeSample};
 use vmmci_rig::figures::{self, figure, signed_figure};
 use vmmci_rig::guest::{self, Booted, Guest};
+use vmmci_rig::units::{millis, SEC};
 use vmmci_rig::{artifacts, RigError};
 
 use crate::clean_stop;
@@ -15,8 +16,6 @@ use crate::cli::Args;
 
 /// The agent's default poll interval, which the ACK target is relative to.
 pub const POLL_MS: u64 = 250;
-
-const SEC: i64 = 1_000_000_000;
 
 /// Stops, resumes, idle cost and size.
 pub fn measure(args: &Args) -> Result<Value, RigError> {
@@ -38,8 +37,15 @@ pub fn measure(args: &Args) -> Result<Value, RigError> {
         let b = guest::boot(&args.kernel, &Guest::agent().args("daemon"), "bench-clock")?;
         b.driver_ok(Duration::from_secs(60))?;
         let r = resumes(&b, args.resumes)?;
-        let r: Vec<f64> = r.iter().map(|&x| x as f64).collect();
-        out.insert("resume_residual_ns".into(), signed_figure("ns", &r));
+        let mids: Vec<f64> = r.iter().map(|p| p.chosen.mid_ns() as f64).collect();
+        let widths: Vec<f64> = r.iter().map(|p| p.chosen.width_ns() as f64).collect();
+        out.insert("resume_residual_ns".into(), signed_figure("ns", &mids));
+        out.insert("resume_width_ns".into(), figure("ns", &widths));
+        let all: Vec<Vec<[i64; 2]>> = r
+            .iter()
+            .map(|p| p.all.iter().map(|s| [s.mid_ns(), s.width_ns()]).collect())
+            .collect();
+        out.insert("resume_probe_points".into(), json!(all));
         if args.idle_secs > 0 {
             idle(&b, args.idle_secs)?.insert_figures(&mut out);
         }
@@ -105,19 +111,26 @@ fn reboot_ack(b: &Booted, asked: Duration) -> Option<Duration> {
     })
 }
 
-/// guest − host (ns) right after a resume: THE place that turns the clock
-/// probe's samples into the one residual the bench records and `--check`
-/// holds to ±1 ms. Today: the median of 5 probe residuals (guest's clock
-/// minus the host time its write arrived, biased slightly negative by the
-/// write's latency). When the probe gives bracketed points
-/// [g_before − h, g_after − h], return the median of their midpoints here.
-fn resume_residual_ns(b: &Booted) -> Result<i64, RigError> {
-    let r = b.probe(5)?;
-    median(&r).ok_or_else(|| RigError::Missing("no probe samples".into()))
+/// One resume's probe: every bracketed point [g_before − h, g_after − h],
+/// and the one the bench records.
+struct ResumeProbe {
+    all: Vec<ProbeSample>,
+    chosen: ProbeSample,
+}
+
+/// guest − host right after a resume: THE place that turns the clock
+/// probe's points into the one the bench records and `--check` holds to
+/// ±1 ms: of 5 points, the narrowest ([`clock::narrowest`]); its midpoint
+/// and width are published, and every point in `resume_probe_points`.
+fn resume_probe(b: &Booted) -> Result<ResumeProbe, RigError> {
+    let all = b.probe_points(5)?;
+    let chosen =
+        clock::narrowest(&all).ok_or_else(|| RigError::Missing("no probe points".into()))?;
+    Ok(ResumeProbe { all, chosen })
 }
 
 /// Host clock +90 s, wait for the SYNCRTC to be acknowledged, probe.
-fn resumes(b: &Booted, n: usize) -> Result<Vec<i64>, RigError> {
+fn resumes(b: &Booted, n: usize) -> Result<Vec<ResumeProbe>, RigError> {
     let mut residuals = vec![];
     for i in 0..n {
         let from = b.vm.with_vmd(|v| v.events().len());
@@ -127,13 +140,15 @@ fn resumes(b: &Booted, n: usize) -> Result<Vec<i64>, RigError> {
                 .iter()
                 .any(|e| matches!(e.kind, EventKind::RtcSyncAcked { .. }))
         })?;
-        let m = resume_residual_ns(b)?;
+        let p = resume_probe(b)?;
         eprintln!(
-            "resume {:>2}: residual guest − host {:+.3} ms",
+            "resume {:>2}: guest − host {:+.3} ms (width {:.3} ms); every point {}",
             i + 1,
-            m as f64 / 1e6
+            millis(p.chosen.mid_ns()),
+            millis(p.chosen.width_ns()),
+            clock::describe(&p.all)
         );
-        residuals.push(m);
+        residuals.push(p);
     }
     Ok(residuals)
 }

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 use vmmci_rig::clock_compare::{self, Comparison};
-use vmmci_rig::figures::signed_figure;
+use vmmci_rig::figures::{figure, signed_figure};
 use vmmci_rig::RigError;
 
 /// `minutes` of the three policies at once.
@@ -20,10 +20,19 @@ fn comparison_json(c: &Comparison) -> Value {
         .runs
         .iter()
         .map(|r| {
-            let pts: Vec<f64> = r.residuals_ns.iter().map(|&x| x as f64).collect();
+            let mids: Vec<f64> = r.points.iter().map(|p| p.mid_ns() as f64).collect();
+            let widths: Vec<f64> = r.points.iter().map(|p| p.width_ns() as f64).collect();
+            // Per point: [seconds into the run, midpoint ns, width ns].
+            let points: Vec<Value> = r
+                .points
+                .iter()
+                .map(|p| json!([p.at_s, p.mid_ns(), p.width_ns()]))
+                .collect();
             json!({
                 "policy": r.name,
-                "residual_ns": signed_figure("ns", &pts),
+                "residual_ns": signed_figure("ns", &mids),
+                "width_ns": figure("ns", &widths),
+                "points": points,
                 "after_resume_ns": r.after_resume_ns,
                 "steps": r.steps,
                 "note": r.note,
