@@ -8,15 +8,14 @@ fn stop_before_driver_ok_is_refused_and_ends_the_vm() {
     v.bar_write(Reg::DEVICE_STATUS, 1, 1 | 2);
     assert_eq!(v.vmctl_stop(), Err(StopRefused::NoDriverOk));
     assert_eq!(v.ended(), Some(VmEnd::Refused));
-    assert!(has_event(&v, "REBOOT refused"));
+    assert_logged(&v, "REBOOT refused");
     assert_eq!(v.bar_read(Reg::COMMAND, 4), 0xffff_ffff);
     assert_eq!(v.vmctl_stop(), Err(StopRefused::NotRunning(VmEnd::Refused)));
 }
 
 #[test]
 fn ack_then_reset_is_a_clean_stop() {
-    let (mut v, c) = ready();
-    v.vmctl_stop().unwrap();
+    let (mut v, c) = stop_posted();
     c.advance(secs(0.2));
     ack(&mut v, REBOOT);
     c.advance(secs(30.0));
@@ -29,8 +28,7 @@ fn ack_then_reset_is_a_clean_stop() {
 fn a_halt_while_stopping_ends_the_vm_at_once_as_a_failed_vcpu() {
     // A guest that halts instead of rebooting on `vmctl stop`: the VM
     // ends at the HLT, not at the long timeout, and not as a clean stop.
-    let (mut v, c) = ready();
-    v.vmctl_stop().unwrap();
+    let (mut v, c) = stop_posted();
     ack(&mut v, REBOOT);
     c.advance(secs(7.0));
     v.guest_poweroff_halt();
@@ -41,10 +39,9 @@ fn a_halt_while_stopping_ends_the_vm_at_once_as_a_failed_vcpu() {
     assert_eq!(last[0].kind, EventKind::Ended(VmEnd::Halted));
     assert_eq!(last[1].kind, EventKind::GuestHalted);
     assert_eq!(last[0].at, secs(7.0));
-    assert!(has_event(&v, "guest HLT with interrupts off"));
+    assert_logged(&v, "guest HLT with interrupts off");
     // Nothing later changes how it ended.
-    c.advance(secs(200.0));
-    v.poll();
+    run_for(&mut v, &c, 200.0);
     v.guest_reset();
     v.guest_poweroff_halt();
     assert_eq!(v.ended(), Some(VmEnd::Halted));
@@ -60,7 +57,7 @@ fn a_halt_with_nothing_going_on_ends_the_vm_at_once() {
     v.guest_poweroff_halt();
     assert_eq!(v.ended(), Some(VmEnd::Halted));
     assert!(v.command_writes().is_empty());
-    assert_eq!(v.events().last().unwrap().at, secs(30.0));
+    assert_eq!(last_event(&v).at, secs(30.0));
 }
 
 #[test]
@@ -69,13 +66,11 @@ fn a_halt_ends_the_vm_before_the_power_down_timer_fires() {
     // the VM then, as Halted: the write bought nothing.
     let (mut v, c) = ready();
     ack(&mut v, SHUTDOWN);
-    assert_eq!(v.armed_timer().map(|t| t.kind), Some(TimerKind::PowerDown));
+    assert_eq!(timer_kind(&v), Some(TimerKind::PowerDown));
     c.advance(secs(1.0));
     v.guest_poweroff_halt();
     assert_eq!(v.ended(), Some(VmEnd::Halted));
-    c.advance(secs(5.0));
-    v.poll();
-    assert_eq!(v.ended(), Some(VmEnd::Halted));
+    assert_ended_after(&mut v, &c, 5.0, VmEnd::Halted);
 }
 
 #[test]
@@ -91,19 +86,16 @@ fn guest_reset_during_power_down_restarts_the_vm() {
     let (mut v, c) = ready();
     ack(&mut v, SHUTDOWN);
     v.guest_reset();
-    c.advance(secs(10.0));
-    v.poll();
-    assert_eq!(v.ended(), None);
+    assert_running_after(&mut v, &c, 10.0);
     assert_eq!(v.armed_timer(), None);
 }
 
 #[test]
 fn a_second_stop_sends_nothing() {
-    let (mut v, c) = ready();
-    v.vmctl_stop().unwrap();
+    let (mut v, c) = stop_posted();
     c.advance(secs(2.0));
     v.vmctl_stop().unwrap();
-    assert!(has_event(&v, "already stopping"));
+    assert_logged(&v, "already stopping");
     // The first ACK timer was not re-armed.
     assert_eq!(v.armed_timer().map(|t| t.deadline), Some(secs(3.0)));
 }
@@ -122,7 +114,7 @@ fn reset_without_a_stop_restarts_with_a_fresh_device() {
     assert_eq!(v.isr(), 0);
     assert_eq!(v.bar_read(Reg::TIME_USEC_LOW, 4), 0);
     assert_eq!(v.host_now_ns(), T0 + 7 * S);
-    assert!(has_event(&v, "VM reset, restarting"));
+    assert_logged(&v, "VM reset, restarting");
     // The new VM needs a new handshake before a stop is accepted.
     c.advance(secs(1.0));
     assert_eq!(v.vmctl_stop(), Err(StopRefused::NoDriverOk));
@@ -141,12 +133,11 @@ fn events_are_timestamped_and_ordered() {
     let (mut v, c) = ready();
     c.advance(secs(1.5));
     v.vmctl_stop().unwrap();
-    c.advance(secs(10.0));
-    v.poll();
+    run_for(&mut v, &c, 10.0);
     let times: Vec<_> = v.events().iter().map(|e| e.at).collect();
     let mut sorted = times.clone();
     sorted.sort();
     assert_eq!(times, sorted);
-    assert_eq!(v.events().last().unwrap().at, secs(4.5));
+    assert_eq!(last_event(&v).at, secs(4.5));
     assert_eq!(v.elapsed(), secs(11.5));
 }

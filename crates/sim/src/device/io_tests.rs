@@ -91,26 +91,16 @@ fn undecoded_offsets_return_the_previous_read_and_are_flagged() {
     assert_eq!(b1, b0);
     // Undecoded writes do nothing, but are flagged too.
     v.bar_write(0x28, 4, 0x1234);
-    assert_eq!(
-        v.violations().last().unwrap().reason,
-        ViolationReason::Undecoded
-    );
+    assert_eq!(last_violation(&v), ViolationReason::Undecoded);
     v.bar_write(0x1000, 4, 0);
-    assert_eq!(
-        v.violations().last().unwrap().reason,
-        ViolationReason::OutsideBar
-    );
+    assert_eq!(last_violation(&v), ViolationReason::OutsideBar);
     v.bar_read(Reg::COMMAND, 3);
-    assert_eq!(
-        v.violations().last().unwrap().reason,
-        ViolationReason::BadSize
-    );
+    assert_eq!(last_violation(&v), ViolationReason::BadSize);
 }
 
 #[test]
 fn wrong_widths_work_like_vmd_but_are_flagged() {
-    let (mut v, _) = ready();
-    v.vmctl_stop().unwrap();
+    let (mut v, _) = stop_posted();
     // 4 bytes at status: vmd returns the status byte.
     assert_eq!(v.bar_read(Reg::DEVICE_STATUS, 4), 7);
     // 1 byte of COMMAND: the low byte.
@@ -133,8 +123,8 @@ fn wrong_widths_work_like_vmd_but_are_flagged() {
     );
     // vmd passes the whole EAX on a write: junk above the byte counts.
     v.bar_write(Reg::COMMAND, 1, 0x0000_0102);
-    assert!(has_event(&v, "illegal request 258"));
-    assert_eq!(v.armed_timer().map(|t| t.kind), Some(TimerKind::Ack));
+    assert_logged(&v, "illegal request 258");
+    assert_eq!(timer_kind(&v), Some(TimerKind::Ack));
     // A wide status write keeps the low byte (uint8_t in vmd).
     v.bar_write(Reg::DEVICE_STATUS, 4, 0x0203_0407);
     assert_eq!(v.device_status(), 7);
@@ -142,23 +132,20 @@ fn wrong_widths_work_like_vmd_but_are_flagged() {
 
 #[test]
 fn status_zero_keeps_pending_command_isr_and_timer() {
-    let (mut v, c) = ready();
-    v.vmctl_stop().unwrap();
+    let (mut v, c) = stop_posted();
     v.bar_write(Reg::DEVICE_STATUS, 1, 0);
     assert_eq!(v.device_status(), 0);
     assert_eq!(v.pending_command(), REBOOT);
     assert_eq!(v.isr(), ISR_CONFIG_CHANGE);
     assert_eq!(v.guest_features(), 7);
-    assert!(has_event(
+    assert_logged(
         &v,
-        "guest wrote status 0; no real reset, pending command 0x2"
-    ));
+        "guest wrote status 0; no real reset, pending command 0x2",
+    );
     // A restarting driver still sees the command.
     handshake(&mut v, 7);
     assert_eq!(read_cmd(&mut v), REBOOT);
-    c.advance(secs(3.0));
-    v.poll();
-    assert_eq!(v.ended(), Some(VmEnd::AckTimeout));
+    assert_ended_after(&mut v, &c, 3.0, VmEnd::AckTimeout);
 }
 
 #[test]
@@ -185,29 +172,22 @@ fn plain_registers() {
     assert_eq!(v.bar_read(Reg::DEVICE_FEATURES, 4), 7);
     v.bar_write(Reg::DEVICE_FEATURES, 4, 0xff);
     assert_eq!(v.bar_read(Reg::DEVICE_FEATURES, 4), 7);
-    assert!(has_event(
-        &v,
-        "vmmci: illegal write 0xff to DEVICE_FEATURES"
-    ));
+    assert_logged(&v, "vmmci: illegal write 0xff to DEVICE_FEATURES");
     v.bar_write(Reg::QUEUE_SIZE, 2, 16);
     assert_eq!(v.bar_read(Reg::QUEUE_SIZE, 2), 0);
     v.bar_write(Reg::ISR, 1, 2);
     assert_eq!(v.bar_read(Reg::ISR, 1), 0);
-    assert!(has_event(&v, "illegal write 0x2 to ISR"));
+    assert_logged(&v, "illegal write 0x2 to ISR");
     v.bar_write(Reg::QUEUE_SELECT, 2, 0x1_0003);
     assert_eq!(v.bar_read(Reg::QUEUE_SELECT, 2), 3);
     v.bar_write(Reg::QUEUE_NOTIFY, 2, 9);
     assert_eq!(v.bar_read(Reg::QUEUE_NOTIFY, 2), 9);
     v.bar_write(Reg::TIME_SEC_LOW, 4, 1);
-    assert!(has_event(&v, "write 0x1 to TIME_SEC ignored"));
-    let c = ManualClock::new(T0);
-    let mut custom = Vmd::new(
-        VmdConfig {
-            features: 0x3,
-            ..VmdConfig::default()
-        },
-        Box::new(c),
-    );
+    assert_logged(&v, "write 0x1 to TIME_SEC ignored");
+    let (mut custom, _) = sim_with(VmdConfig {
+        features: 0x3,
+        ..VmdConfig::default()
+    });
     assert_eq!(custom.bar_read(Reg::DEVICE_FEATURES, 4), 3);
 }
 

@@ -8,31 +8,26 @@ fn reboot_overwrites_a_pending_syncrtc_and_syncrtc_overwrites_reboot() {
     v.request_syncrtc();
     v.vmctl_stop().unwrap();
     assert_eq!(v.pending_command(), REBOOT);
-    assert_eq!(v.armed_timer().map(|t| t.kind), Some(TimerKind::Ack));
+    assert_eq!(timer_kind(&v), Some(TimerKind::Ack));
     // vmd's vmmci_ctl lets SYNCRTC replace REBOOT; the timer runs on.
     v.jump_host_clock(60 * S);
-    c.advance(secs(1.0));
-    v.poll();
+    run_for(&mut v, &c, 1.0);
     assert_eq!(v.pending_command(), SYNCRTC);
-    c.advance(secs(2.0));
-    v.poll();
-    assert_eq!(v.ended(), Some(VmEnd::AckTimeout));
+    assert_ended_after(&mut v, &c, 2.0, VmEnd::AckTimeout);
 }
 
 #[test]
 fn forward_jump_of_90s_sends_syncrtc_at_the_next_tick() {
     let (mut v, c) = ready();
-    c.advance(secs(10.5));
-    v.poll();
+    run_for(&mut v, &c, 10.5);
     v.jump_host_clock(90 * S);
     assert_eq!(v.pending_command(), NONE);
-    c.advance(secs(0.5));
-    v.poll();
+    run_for(&mut v, &c, 0.5);
     assert_eq!(v.pending_command(), SYNCRTC);
-    assert!(has_event(
+    assert_logged(
         &v,
-        "rtc_fire1: RTC clock drift (91s), requesting guest resync"
-    ));
+        "rtc_fire1: RTC clock drift (91s), requesting guest resync",
+    );
     let drift = v
         .events()
         .iter()
@@ -47,10 +42,9 @@ fn forward_jump_of_90s_sends_syncrtc_at_the_next_tick() {
 fn backward_jump_of_40s_sends_no_syncrtc() {
     let (mut v, c) = ready();
     v.jump_host_clock(-40 * S);
-    c.advance(secs(5.0));
-    v.poll();
+    run_for(&mut v, &c, 5.0);
     assert_eq!(v.pending_command(), NONE);
-    assert!(has_event(&v, "host time moved -39 s between ticks"));
+    assert_logged(&v, "host time moved -39 s between ticks");
     assert_eq!(v.isr(), 0);
 }
 
@@ -58,32 +52,27 @@ fn backward_jump_of_40s_sends_no_syncrtc() {
 fn small_forward_jump_of_3s_sends_no_syncrtc() {
     let (mut v, c) = ready();
     v.jump_host_clock(3 * S);
-    c.advance(secs(3.0));
-    v.poll();
+    run_for(&mut v, &c, 3.0);
     assert_eq!(v.pending_command(), NONE);
-    assert!(has_event(&v, "host time moved +4 s"));
+    assert_logged(&v, "host time moved +4 s");
 }
 
 #[test]
 fn a_realtime_step_behind_vmds_back_is_seen_at_the_next_tick() {
     // A host suspend: realtime moves 10 min, monotonic only a little.
     let (mut v, c) = ready();
-    c.advance(secs(3.2));
-    v.poll();
+    run_for(&mut v, &c, 3.2);
     c.set_realtime_ns(c.realtime_ns() + 600 * S);
-    c.advance(secs(0.8));
-    v.poll();
+    run_for(&mut v, &c, 0.8);
     assert_eq!(v.pending_command(), SYNCRTC);
 }
 
 #[test]
 fn a_long_quiet_stretch_is_caught_up_without_false_drift() {
     let (mut v, c) = ready();
-    c.advance(secs(86_400.0 * 365.0));
-    v.poll();
+    run_for(&mut v, &c, 86_400.0 * 365.0);
     assert_eq!(v.pending_command(), NONE);
     assert!(v.events().is_empty(), "{:?}", v.events());
-    c.advance(secs(1.0));
-    v.poll();
+    run_for(&mut v, &c, 1.0);
     assert!(v.events().is_empty());
 }

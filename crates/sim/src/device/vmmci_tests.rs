@@ -9,13 +9,7 @@ fn stop_posts_reboot_and_ack_within_3s_arms_the_long_timer() {
     assert!(v.stopping());
     assert_eq!(v.pending_command(), REBOOT);
     assert!(v.irq_asserted());
-    assert_eq!(
-        v.armed_timer(),
-        Some(ArmedTimer {
-            kind: TimerKind::Ack,
-            deadline: secs(3.0)
-        })
-    );
+    assert_eq!(v.armed_timer(), armed(TimerKind::Ack, 3.0));
     // ISR reads 2 once, then 0.
     assert_eq!(v.bar_read(Reg::ISR, 1), 2);
     assert_eq!(v.bar_read(Reg::ISR, 1), 0);
@@ -23,35 +17,22 @@ fn stop_posts_reboot_and_ack_within_3s_arms_the_long_timer() {
     c.advance(secs(2.5));
     assert_eq!(read_cmd(&mut v), REBOOT);
     ack(&mut v, REBOOT);
-    assert_eq!(
-        v.armed_timer(),
-        Some(ArmedTimer {
-            kind: TimerKind::Long,
-            deadline: secs(122.5)
-        })
-    );
+    assert_eq!(v.armed_timer(), armed(TimerKind::Long, 122.5));
     // The command stays pending after the ACK.
     assert_eq!(v.pending_command(), REBOOT);
-    c.advance(secs(10.0));
-    v.poll();
-    assert_eq!(v.ended(), None);
-    assert!(has_event(
+    assert_running_after(&mut v, &c, 10.0);
+    assert_logged(
         &v,
-        "vmmci: ack received for REBOOT, long timer armed (120 s)"
-    ));
+        "vmmci: ack received for REBOOT, long timer armed (120 s)",
+    );
 }
 
 #[test]
 fn no_ack_ends_at_3s_not_before() {
-    let (mut v, c) = ready();
-    v.vmctl_stop().unwrap();
-    c.advance(secs(2.999));
-    v.poll();
-    assert_eq!(v.ended(), None);
-    c.advance(secs(0.001));
-    v.poll();
-    assert_eq!(v.ended(), Some(VmEnd::AckTimeout));
-    let last = v.events().last().unwrap();
+    let (mut v, c) = stop_posted();
+    assert_running_after(&mut v, &c, 2.999);
+    assert_ended_after(&mut v, &c, 0.001, VmEnd::AckTimeout);
+    let last = last_event(&v);
     assert_eq!(last.at, secs(3.0));
     assert_eq!(last.to_string(), "VM ended: ack timeout");
     // An ACK that arrives late finds a dead device.
@@ -61,56 +42,41 @@ fn no_ack_ends_at_3s_not_before() {
 
 #[test]
 fn late_ack_is_too_late_even_when_noticed_at_the_same_access() {
-    let (mut v, c) = ready();
-    v.vmctl_stop().unwrap();
+    let (mut v, c) = stop_posted();
     c.advance(secs(3.5));
     // The timer fired at 3 s; this write comes after it.
     ack(&mut v, REBOOT);
     assert_eq!(v.ended(), Some(VmEnd::AckTimeout));
-    assert!(!has_event(&v, "ack received"));
+    assert_not_logged(&v, "ack received");
 }
 
 #[test]
 fn ack_then_no_reset_ends_after_the_long_timeout() {
-    let (mut v, c) = ready();
-    v.vmctl_stop().unwrap();
+    let (mut v, c) = stop_posted();
     c.advance(secs(1.0));
     ack(&mut v, REBOOT);
-    c.advance(secs(119.999));
-    v.poll();
-    assert_eq!(v.ended(), None);
-    c.advance(secs(0.001));
-    v.poll();
-    assert_eq!(v.ended(), Some(VmEnd::LongTimeout));
-    assert_eq!(v.events().last().unwrap().at, secs(121.0));
+    assert_running_after(&mut v, &c, 119.999);
+    assert_ended_after(&mut v, &c, 0.001, VmEnd::LongTimeout);
+    assert_eq!(last_event(&v).at, secs(121.0));
 }
 
 #[test]
 fn repeated_acks_rearm_the_long_timer() {
-    let (mut v, c) = ready();
-    v.vmctl_stop().unwrap();
+    let (mut v, c) = stop_posted();
     ack(&mut v, REBOOT);
     c.advance(secs(100.0));
     ack(&mut v, REBOOT);
-    c.advance(secs(100.0));
-    v.poll();
-    assert_eq!(v.ended(), None);
-    c.advance(secs(20.0));
-    v.poll();
-    assert_eq!(v.ended(), Some(VmEnd::LongTimeout));
-    assert_eq!(v.events().last().unwrap().at, secs(220.0));
+    assert_running_after(&mut v, &c, 100.0);
+    assert_ended_after(&mut v, &c, 20.0, VmEnd::LongTimeout);
+    assert_eq!(last_event(&v).at, secs(220.0));
 }
 
 #[test]
 fn pre_2019_long_timeout_is_30s() {
-    let c = ManualClock::new(T0);
-    let mut v = Vmd::new(VmdConfig::before_2019(), Box::new(c.clone()));
-    handshake(&mut v, 7);
+    let (mut v, c) = ready_with(VmdConfig::before_2019());
     v.vmctl_stop().unwrap();
     ack(&mut v, REBOOT);
-    c.advance(secs(30.0));
-    v.poll();
-    assert_eq!(v.ended(), Some(VmEnd::LongTimeout));
+    assert_ended_after(&mut v, &c, 30.0, VmEnd::LongTimeout);
 }
 
 #[test]
@@ -118,14 +84,10 @@ fn guest_shutdown_with_nothing_pending_powers_down_after_3s() {
     let (mut v, c) = ready();
     c.advance(secs(5.0));
     ack(&mut v, SHUTDOWN);
-    assert_eq!(v.armed_timer().map(|t| t.kind), Some(TimerKind::PowerDown));
-    assert!(has_event(&v, "guest requested shutdown, timer armed (3 s)"));
-    c.advance(secs(2.9));
-    v.poll();
-    assert_eq!(v.ended(), None);
-    c.advance(secs(0.1));
-    v.poll();
-    assert_eq!(v.ended(), Some(VmEnd::PowerDown));
+    assert_eq!(timer_kind(&v), Some(TimerKind::PowerDown));
+    assert_logged(&v, "guest requested shutdown, timer armed (3 s)");
+    assert_running_after(&mut v, &c, 2.9);
+    assert_ended_after(&mut v, &c, 0.1, VmEnd::PowerDown);
 }
 
 #[test]
@@ -138,13 +100,9 @@ fn host_shutdown_then_guest_shutdown_write_is_an_ack_not_a_power_down() {
     ack(&mut v, SHUTDOWN);
     c.advance(secs(5.0));
     ack(&mut v, SHUTDOWN);
-    c.advance(secs(5.0));
-    v.poll();
-    assert_eq!(v.ended(), None);
-    assert_eq!(v.armed_timer().map(|t| t.kind), Some(TimerKind::Long));
-    c.advance(secs(115.0));
-    v.poll();
-    assert_eq!(v.ended(), Some(VmEnd::LongTimeout));
+    assert_running_after(&mut v, &c, 5.0);
+    assert_eq!(timer_kind(&v), Some(TimerKind::Long));
+    assert_ended_after(&mut v, &c, 115.0, VmEnd::LongTimeout);
 }
 
 #[test]
@@ -152,34 +110,28 @@ fn reboot_write_with_nothing_pending_is_ignored() {
     let (mut v, c) = ready();
     ack(&mut v, REBOOT);
     assert_eq!(v.armed_timer(), None);
-    assert!(has_event(
-        &v,
-        "REBOOT written while 0x0 pending, not an ack, ignored"
-    ));
-    c.advance(secs(500.0));
-    v.poll();
-    assert_eq!(v.ended(), None);
+    assert_logged(&v, "REBOOT written while 0x0 pending, not an ack, ignored");
+    assert_running_after(&mut v, &c, 500.0);
 }
 
 #[test]
 fn syncrtc_only_with_the_accepted_feature() {
-    let (mut v, c) = sim();
+    let (mut v, _) = sim();
     handshake(&mut v, 0x3);
     assert!(!v.request_syncrtc());
     assert_eq!(v.pending_command(), NONE);
-    assert!(has_event(&v, "RTC sync skipped"));
+    assert_logged(&v, "RTC sync skipped");
 
-    let (mut v, _) = ready();
+    // A second VM, on its own clock: the last check advances that one.
+    let (mut v, c) = ready();
     assert!(v.request_syncrtc());
     assert_eq!(v.pending_command(), SYNCRTC);
     assert_eq!(v.isr(), ISR_CONFIG_CHANGE);
     assert_eq!(v.armed_timer(), None);
     // Already pending: not posted again, still true.
     assert!(v.request_syncrtc());
-    assert!(has_event(&v, "SYNCRTC already pending"));
-    c.advance(secs(1000.0));
-    v.poll();
-    assert_eq!(v.ended(), None);
+    assert_logged(&v, "SYNCRTC already pending");
+    assert_running_after(&mut v, &c, 1000.0);
 }
 
 #[test]
@@ -215,10 +167,8 @@ fn stop_when_reboot_is_already_pending_is_a_no_op() {
     // Nothing posted: no ISR, no timer; vmd waits for a reset forever.
     assert_eq!(v.isr(), 0);
     assert_eq!(v.armed_timer(), None);
-    assert!(has_event(&v, "REBOOT already pending, nothing done"));
-    c.advance(secs(600.0));
-    v.poll();
-    assert_eq!(v.ended(), None);
+    assert_logged(&v, "REBOOT already pending, nothing done");
+    assert_running_after(&mut v, &c, 600.0);
     v.guest_reset();
     assert_eq!(v.ended(), Some(VmEnd::CleanStop));
 }
@@ -231,12 +181,10 @@ fn garbage_commands() {
     assert_eq!(v.isr(), 2);
     assert_eq!(v.armed_timer(), None);
     ack(&mut v, 7);
-    assert!(has_event(&v, "vmmci_ack: illegal request 7"));
+    assert_logged(&v, "vmmci_ack: illegal request 7");
     assert_eq!(v.pending_command(), 0xdead_beef);
     // Acknowledging garbage is not possible: it is an illegal request.
     ack(&mut v, 0xdead_beef);
     assert_eq!(v.armed_timer(), None);
-    c.advance(secs(500.0));
-    v.poll();
-    assert_eq!(v.ended(), None);
+    assert_running_after(&mut v, &c, 500.0);
 }
