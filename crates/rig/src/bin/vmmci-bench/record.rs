@@ -149,7 +149,7 @@ pub fn save(args: &Args, r: &Value) -> Result<(), RigError> {
         eprintln!("wrote {}", path.display());
     }
     if !paths.iter().any(|p| p.starts_with(&results)) {
-        eprintln!("(not saved in bench/results: pass --save, or --json FILE)");
+        eprintln!("(not saved in bench/results: pass --save)");
     }
     Ok(())
 }
