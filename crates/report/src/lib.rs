@@ -22,7 +22,7 @@ pub use crate::hooks::{HookRunStatus, HooksStatus};
 
 pub use render::{render_sysctl, render_text};
 pub use store::{read_status, write_status, StatusError, DEFAULT_RUN_DIR, STATUS_FILE};
-pub use timefmt::rfc3339;
+pub use timefmt::{rfc3339, rfc3339_secs};
 
 /// The agent's state as the status file holds it. Times are ns since the
 /// Unix epoch (guest clock); offsets are host − guest, ns.

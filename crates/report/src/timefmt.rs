@@ -15,6 +15,18 @@ pub fn rfc3339(ns: i64) -> String {
     )
 }
 
+/// `2026-11-22T03:14:15Z` for whole seconds since the epoch.
+pub fn rfc3339_secs(secs: i64) -> String {
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
 /// Days since 1970-01-01 to (year, month, day): Howard Hinnant's algorithm.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -45,5 +57,6 @@ mod tests {
             "2026-11-22T02:54:15.123456Z"
         );
         assert_eq!(rfc3339(-1_000), "1969-12-31T23:59:59.999999Z");
+        assert_eq!(rfc3339_secs(1_795_316_055), "2026-11-22T02:54:15Z");
     }
 }
