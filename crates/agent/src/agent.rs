@@ -148,6 +148,10 @@ pub struct Agent<B, C, P> {
     fed_daemon: Option<String>,
     /// How often to sample while that daemon takes the samples.
     fed_sample_interval: Option<Duration>,
+    /// What the kernel's sync flag is taken to say (`discipline`).
+    sync_flag: policy::SyncFlag,
+    /// The kernel's frequency holds the agent's last slew (`discipline`).
+    slewing: bool,
 }
 
 impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
@@ -177,6 +181,8 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
             commands: CommandCounts::default(),
             fed_daemon: None,
             fed_sample_interval: None,
+            sync_flag: policy::SyncFlag::default(),
+            slewing: false,
         }
     }
 
@@ -221,6 +227,7 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
             if let Err(e) = self.clock.set_frequency_ppm(self.servo.frequency_ppm()) {
                 warn!("could not settle the clock's frequency: {e}");
             }
+            self.slewing = false;
         }
         self.config = config;
         self.next_sample = Duration::ZERO;

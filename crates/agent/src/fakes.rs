@@ -26,6 +26,7 @@ struct ClockState {
     anchor_ns: Option<i64>,
     freq_sets: u64,
     disciplined_by: Option<String>,
+    kernel_synchronised: Option<bool>,
 }
 
 impl ClockState {
@@ -84,6 +85,14 @@ impl FakeGuestClock {
     pub fn set_disciplined_by(&self, by: Option<&str>) {
         self.state().disciplined_by = by.map(str::to_string);
     }
+    /// Pretend the kernel's STA_UNSYNC is clear (`Some(true)`) or set.
+    pub fn set_kernel_synchronised(&self, synchronised: Option<bool>) {
+        self.state().kernel_synchronised = synchronised;
+    }
+    /// The frequency correction in effect, ppm.
+    pub fn frequency(&self) -> f64 {
+        self.state().freq_ppm
+    }
 }
 
 impl GuestClock for FakeGuestClock {
@@ -119,6 +128,9 @@ impl GuestClock for FakeGuestClock {
     }
     fn disciplined_by(&self) -> Option<String> {
         self.state().disciplined_by.clone()
+    }
+    fn kernel_synchronised(&self) -> Option<bool> {
+        self.state().kernel_synchronised
     }
 }
 

@@ -27,6 +27,11 @@ pub trait GuestClock {
     fn disciplined_by(&self) -> Option<String> {
         None
     }
+    /// Whether the kernel marks this clock synchronised (`STA_UNSYNC`
+    /// clear), which only a time daemon does; `None`: cannot tell.
+    fn kernel_synchronised(&self) -> Option<bool> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -89,6 +94,9 @@ impl<T: GuestClock + ?Sized> GuestClock for &mut T {
     }
     fn disciplined_by(&self) -> Option<String> {
         (**self).disciplined_by()
+    }
+    fn kernel_synchronised(&self) -> Option<bool> {
+        (**self).kernel_synchronised()
     }
 }
 

@@ -54,17 +54,37 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
         decision
     }
 
-    fn discipline(&mut self, sample: &TimeSample, beyond: bool, now: Duration) -> ClockDecision {
-        self.clock_report.warning = None;
-        if let Some(by) = self
+    /// Another time daemon that has the clock: one fed or seen by name, or
+    /// the kernel's sync flag (see [`SyncFlag`]).
+    fn other_daemon(&mut self) -> Option<String> {
+        let named = self
             .fed_daemon
             .clone()
-            .or_else(|| self.clock.disciplined_by())
-        {
+            .or_else(|| self.clock.disciplined_by());
+        let flag = self.clock.kernel_synchronised();
+        match self.sync_flag.judge(named.is_some(), flag) {
+            FlagSays::Nothing => named,
+            FlagSays::Daemon => Some(KERNEL_SYNCHRONISED.to_string()),
+            FlagSays::LeftBehind => {
+                if let Some(by) = &self.clock_report.disciplined_by {
+                    info!(
+                        "{by} is gone and left the kernel clock marked synchronised: \
+                         taken for its leftover until the kernel clears it"
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    fn discipline(&mut self, sample: &TimeSample, beyond: bool, now: Duration) -> ClockDecision {
+        self.clock_report.warning = None;
+        if let Some(by) = self.other_daemon() {
             self.servo.restart();
             if self.clock_report.disciplined_by.as_deref() != Some(by.as_str()) {
                 info!("{by} disciplines the clock: standing back (SYNCRTC still steps)");
             }
+            self.settle_frequency();
             self.clock_report.disciplined_by = Some(by.clone());
             return ClockDecision::StoodBack { by };
         }
@@ -85,6 +105,7 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
         let frequency = self.servo.update(offset, now, self.sample_interval());
         match self.clock.set_frequency_ppm(frequency) {
             Ok(()) => {
+                self.slewing = true;
                 self.clock_report.slews += 1;
                 self.clock_report.frequency_ppm = Some(frequency);
                 self.clock_report.learned_frequency_ppm = Some(self.servo.frequency_ppm());
@@ -101,6 +122,38 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
                 }
                 d
             }
+        }
+    }
+
+    /// On standing back after slewing: leave the kernel at the learned
+    /// rate, without the part that was removing the last offset (up to
+    /// ±500 ppm). A chronyd started meanwhile with no drift file takes the
+    /// kernel's frequency for its own, and one with no reachable source
+    /// never corrects it: the clock would run off by that much (43 s a day
+    /// at 500 ppm). Not when the kernel's frequency is no longer the one
+    /// the agent set: the other daemon has already set its own.
+    fn settle_frequency(&mut self) {
+        if !std::mem::take(&mut self.slewing) {
+            return;
+        }
+        let (Some(ours), Ok(now)) = (self.clock_report.frequency_ppm, self.clock.frequency_ppm())
+        else {
+            return;
+        };
+        // The kernel keeps ppm with a 16-bit fraction.
+        if (now - ours).abs() > 1.0 / 65_536.0 {
+            return;
+        }
+        let learned = self.servo.frequency_ppm();
+        match self.clock.set_frequency_ppm(learned) {
+            Ok(()) => {
+                info!(
+                    "frequency correction settled at the learned rate {learned:+.3} ppm \
+                     (was {ours:+.3} ppm)"
+                );
+                self.clock_report.frequency_ppm = Some(learned);
+            }
+            Err(e) => warn!("could not settle the clock's frequency: {e}"),
         }
     }
 
@@ -155,3 +208,62 @@ pub const MAX_STEP_ERROR_NS: i64 = 500_000_000;
 #[cfg(test)]
 #[path = "policy_tests.rs"]
 mod tests;
+
+/// What `discipline` reports while the kernel's sync flag is its only sign
+/// of another time daemon.
+pub(super) const KERNEL_SYNCHRONISED: &str =
+    "a time daemon (the kernel clock is marked synchronised)";
+
+/// What the kernel's sync flag says about another time daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FlagSays {
+    /// Nothing beyond the daemon seen by name, if any.
+    Nothing,
+    /// A daemon the agent cannot see has marked the clock synchronised.
+    Daemon,
+    /// The flag is still clear, but the daemon seen until now is gone: it
+    /// was left behind (said once).
+    LeftBehind,
+}
+
+/// A clear `STA_UNSYNC` means a time daemon marked the clock
+/// synchronised. It stays clear after that daemon is gone unless the
+/// daemon sets it on its way out (a killed one cannot): the kernel sets it
+/// only once its maximum error, which grows by 500 µs each second from
+/// what the daemon last set, passes 16 s: up to about 9 hours. So a clear
+/// flag counts for a daemon the agent cannot see only until a daemon it
+/// did see (by name, or fed) goes away; then it is that daemon's leftover,
+/// and counts again once the flag has been seen set. (An agent started
+/// after such a daemon died has seen none, and still stands back until
+/// the kernel sets the flag.)
+#[derive(Debug, Default)]
+pub(super) struct SyncFlag {
+    /// A daemon was seen by name at the last look.
+    seen: bool,
+    /// The clear flag is a daemon's leftover.
+    left_behind: bool,
+}
+
+impl SyncFlag {
+    /// `named`: a daemon is seen by name now; `synchronised`: the flag is
+    /// clear (`None`: the clock cannot tell).
+    pub(super) fn judge(&mut self, named: bool, synchronised: Option<bool>) -> FlagSays {
+        let clear = synchronised == Some(true);
+        if !clear {
+            self.left_behind = false;
+        }
+        let was_seen = std::mem::replace(&mut self.seen, named);
+        if named {
+            return FlagSays::Nothing;
+        }
+        if clear && was_seen && !self.left_behind {
+            self.left_behind = true;
+            return FlagSays::LeftBehind;
+        }
+        if clear && !self.left_behind {
+            FlagSays::Daemon
+        } else {
+            FlagSays::Nothing
+        }
+    }
+}

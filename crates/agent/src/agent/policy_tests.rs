@@ -149,6 +149,117 @@ fn discipline_stands_back_for_another_time_daemon_but_syncrtc_still_steps() {
     assert_eq!(agent.snapshot().clock.disciplined_by, None);
 }
 
+/// A daemon killed before it could mark the clock unsynchronised leaves
+/// STA_UNSYNC clear for hours: once the daemon the agent stood back for is
+/// gone, the agent takes the clock over at the next sample, and the flag
+/// counts again only after the kernel (or a daemon) has set it.
+#[test]
+fn discipline_takes_a_clear_sync_flag_left_by_a_gone_daemon_for_a_leftover() {
+    let rig = Rig::with_host(0x7, 0, 50.0, 0);
+    let mut agent = with_mode(&rig, ClockMode::Discipline);
+    let decide = |agent: &mut Agent<_, _, _>, at: u64| {
+        rig.advance(Duration::from_secs(15));
+        agent.tick(Duration::from_secs(at)).unwrap().clock
+    };
+    // chronyd runs and has synchronised the clock.
+    rig.clock.set_disciplined_by(Some("chronyd (pid 193)"));
+    rig.clock.set_kernel_synchronised(Some(true));
+    assert!(matches!(
+        agent.tick(Duration::ZERO).unwrap().clock,
+        Some(ClockDecision::StoodBack { .. })
+    ));
+    // Killed: the flag stays clear, and that alone no longer holds the
+    // agent back.
+    rig.clock.set_disciplined_by(None);
+    assert!(matches!(
+        decide(&mut agent, 15),
+        Some(ClockDecision::Slewed { .. })
+    ));
+    assert!(matches!(
+        decide(&mut agent, 30),
+        Some(ClockDecision::Slewed { .. })
+    ));
+    assert_eq!(agent.snapshot().clock.disciplined_by, None);
+    // The kernel marks the clock unsynchronised at last; then a daemon the
+    // agent cannot see marks it synchronised: that counts.
+    rig.clock.set_kernel_synchronised(Some(false));
+    assert!(matches!(
+        decide(&mut agent, 45),
+        Some(ClockDecision::Slewed { .. })
+    ));
+    rig.clock.set_kernel_synchronised(Some(true));
+    assert_eq!(
+        decide(&mut agent, 60),
+        Some(ClockDecision::StoodBack {
+            by: "a time daemon (the kernel clock is marked synchronised)".into()
+        })
+    );
+}
+
+/// With no daemon ever seen, a clear flag is a daemon the agent cannot see.
+#[test]
+fn discipline_stands_back_for_a_clear_sync_flag_with_no_daemon_seen() {
+    let rig = Rig::with_host(0x7, 0, 50.0, 0);
+    let mut agent = with_mode(&rig, ClockMode::Discipline);
+    rig.clock.set_kernel_synchronised(Some(true));
+    for k in 0..3 {
+        rig.advance(Duration::from_secs(15));
+        let t = agent.tick(Duration::from_secs(15 * k)).unwrap();
+        assert!(
+            matches!(t.clock, Some(ClockDecision::StoodBack { .. })),
+            "{t:?}"
+        );
+    }
+    assert_eq!(rig.clock.frequency_sets(), 0);
+}
+
+/// Standing back after slewing leaves the learned rate in the kernel, not
+/// the last correction with its phase part (up to ±500 ppm) that a chronyd
+/// with no drift file and no reachable source would keep for its own; but
+/// never over a frequency the other daemon has already set.
+#[test]
+fn discipline_settles_at_the_learned_rate_when_it_stands_back() {
+    let rig = Rig::with_host(0x7, 0, 50.0, 0);
+    let mut agent = with_mode(&rig, ClockMode::Discipline);
+    // 100 ms off: slewed at the clamp.
+    rig.clock.set_offset_ns(-100_000_000);
+    let t = agent.tick(Duration::ZERO).unwrap();
+    assert!(
+        matches!(t.clock, Some(ClockDecision::Slewed { .. })),
+        "{t:?}"
+    );
+    let slewed = rig.clock.frequency();
+    let learned = agent.servo.frequency_ppm();
+    assert!(
+        (slewed - learned).abs() > 100.0,
+        "slew {slewed} ppm, learned {learned} ppm"
+    );
+    rig.clock.set_disciplined_by(Some("chronyd (pid 193)"));
+    rig.advance(Duration::from_secs(15));
+    agent.tick(Duration::from_secs(15)).unwrap();
+    assert_eq!(
+        rig.clock.frequency(),
+        learned,
+        "settled at the learned rate"
+    );
+    assert_eq!(agent.snapshot().clock.frequency_ppm, Some(learned));
+    let sets = rig.clock.frequency_sets();
+    rig.advance(Duration::from_secs(15));
+    agent.tick(Duration::from_secs(30)).unwrap();
+    assert_eq!(rig.clock.frequency_sets(), sets, "settled once");
+
+    // Back to slewing; this time chronyd sets its own frequency first.
+    rig.clock.set_disciplined_by(None);
+    rig.clock.set_offset_ns(-100_000_000);
+    rig.advance(Duration::from_secs(15));
+    agent.tick(Duration::from_secs(45)).unwrap();
+    rig.clock.clone().set_frequency_ppm(-12.5).unwrap();
+    rig.clock.set_disciplined_by(Some("chronyd (pid 300)"));
+    rig.advance(Duration::from_secs(15));
+    agent.tick(Duration::from_secs(60)).unwrap();
+    assert_eq!(rig.clock.frequency(), -12.5, "chronyd's own frequency kept");
+}
+
 #[test]
 fn clock_mode_off_acks_syncrtc_and_never_touches_the_clock() {
     let rig = Rig::new(0x7, -7 * NANOS_PER_SEC);

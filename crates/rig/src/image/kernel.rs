@@ -113,6 +113,13 @@ impl Kernel {
             Ok(())
         }
         for w in wanted {
+            let n = w.replace('-', "_");
+            if OPTIONAL_GUEST_MODULES.contains(&n.as_str())
+                && !builtin.contains(&n)
+                && !files.contains_key(&n)
+            {
+                continue;
+            }
             visit(w, &builtin, &files, &mut loaded, &mut out, 0)?;
         }
         Ok(out)
@@ -193,4 +200,15 @@ pub const GUEST_MODULES: &[&str] = &[
     "mbcache",
     "jbd2",
     "ext4",
+];
+
+/// Of the modules asked for, those a kernel may lack altogether (neither
+/// built in nor shipped), skipped there: virtio_pci's legacy and modern
+/// parts became modules of their own after 5.10, and by 7.x
+/// crc32c_generic is gone (ext4 uses the built-in crc32 library; the
+/// crypto API's crc32c is crc32c-cryptoapi).
+pub const OPTIONAL_GUEST_MODULES: &[&str] = &[
+    "virtio_pci_legacy_dev",
+    "virtio_pci_modern_dev",
+    "crc32c_generic",
 ];

@@ -24,6 +24,7 @@ mod issue10_restart;
 mod lifetime;
 mod openrc;
 mod shutdown;
+mod standback;
 mod systemd;
 
 // ----------------------------------------------------------- systemd ----
@@ -106,4 +107,16 @@ fn i_boot_window_and_stop_under_load() {
 #[test]
 fn o_openrc_guest_reboot_then_vmctl_stop_acknowledged() {
     lifetime::openrc_guest_reboot_then_vmctl_stop_acknowledged();
+}
+
+// ------------------------------------------ standing back (hardened unit) ----
+
+#[test]
+fn a_chronyd_with_unreachable_servers_and_no_refclock_holds_the_agent_back() {
+    standback::a_chronyd_with_unreachable_servers_and_no_refclock_holds_the_agent_back();
+}
+
+#[test]
+fn b_chronyd_killed_pid_file_left_the_agent_disciplines_at_the_next_sample() {
+    standback::b_chronyd_killed_pid_file_left_the_agent_disciplines_at_the_next_sample();
 }

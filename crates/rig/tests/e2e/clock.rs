@@ -13,9 +13,9 @@ use vmmci_rig::vm::Outcome;
 use crate::common::*;
 
 /// Host clock +90 s: vmd sends SYNCRTC, the agent acks and steps the guest.
-pub fn host_clock_forward_syncrtc() {
+pub fn host_clock_forward_syncrtc(kernel: &str) {
     let _g = serial();
-    let b = boot(BOOKWORM_CLOUD, Guest::agent(), "clockfwd");
+    let b = boot(kernel, Guest::agent(), "clockfwd");
     driver_ok(&b);
     let before = probe(&b, 3);
     let n = b.vm.n_events();

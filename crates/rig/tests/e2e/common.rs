@@ -13,6 +13,10 @@ pub use vmmci_rig::scenario::*;
 pub const BOOKWORM_CLOUD: &str = "bookworm-cloud";
 pub const BOOKWORM_GENERIC: &str = "bookworm-generic";
 pub const TRIXIE_CLOUD: &str = "trixie-cloud";
+/// Bullseye's 5.10, the oldest kernel the same static binary is run on.
+pub const BULLSEYE_CLOUD: &str = "bullseye-cloud";
+/// Forky's (Debian testing's) newest cloud kernel, fetched once and cached.
+pub const FORKY_CLOUD: &str = "forky-cloud";
 
 /// Where the busybox guest's agent writes its status.
 pub const STATUS_FILE: &str = "/run/vmmci/status.json";
@@ -108,6 +112,12 @@ pub fn assert_ended_at_the_halt(b: &Booted, e: &Ended) {
 /// A scenario on trixie's kernel, booted with `tag`: run again when its VM
 /// ended on a guest kernel crash (see `vmmci_rig::rerun`).
 pub fn on_trixie(tag: &str, scenario: impl Fn() + std::panic::RefUnwindSafe) {
-    let log = artifacts::work_dir().join(format!("{tag}-{TRIXIE_CLOUD}.log"));
-    rerun::on_guest_crash(TRIXIE_CLOUD, &log, scenario);
+    on_kernel(TRIXIE_CLOUD, tag, scenario);
+}
+
+/// The same rule on any kernel that crashes under QEMU 7.2's TCG now and
+/// then (trixie's, bullseye's, forky's).
+pub fn on_kernel(kernel: &str, tag: &str, scenario: impl Fn() + std::panic::RefUnwindSafe) {
+    let log = artifacts::work_dir().join(format!("{tag}-{kernel}.log"));
+    rerun::on_guest_crash(kernel, &log, scenario);
 }

@@ -21,7 +21,10 @@ mod issue10;
 mod load;
 mod stop;
 
-use common::{on_trixie, BOOKWORM_CLOUD, BOOKWORM_GENERIC, TRIXIE_CLOUD};
+use common::{
+    on_kernel, on_trixie, BOOKWORM_CLOUD, BOOKWORM_GENERIC, BULLSEYE_CLOUD, FORKY_CLOUD,
+    TRIXIE_CLOUD,
+};
 
 // ------------------------------------------------------------- boot ----
 
@@ -99,7 +102,7 @@ fn f_guest_reboot_writes_nothing() {
 
 #[test]
 fn g_host_clock_forward_syncrtc() {
-    clock::host_clock_forward_syncrtc();
+    clock::host_clock_forward_syncrtc(BOOKWORM_CLOUD);
 }
 
 #[test]
@@ -189,4 +192,54 @@ fn r_clock_source_trixie_cloud() {
 #[test]
 fn t_hooks_before_reboot_and_after_step() {
     hooks::hooks_before_reboot_and_after_step();
+}
+
+// ----------------------------------------------- 5.10 to the newest ----
+// The same static agent on bullseye's 5.10 and forky's (testing's) newest
+// kernel: the handshake, a clean stop with unsynced data on the disk, and
+// a SYNCRTC step (also on trixie's 6.12).
+
+#[test]
+fn a_boot_agent_bullseye_cloud() {
+    on_kernel(BULLSEYE_CLOUD, "boot", || {
+        boot::boot_with_agent(BULLSEYE_CLOUD)
+    });
+}
+
+#[test]
+fn a_boot_agent_forky_cloud() {
+    on_kernel(FORKY_CLOUD, "boot", || boot::boot_with_agent(FORKY_CLOUD));
+}
+
+#[test]
+fn c_vmctl_stop_clean_bullseye() {
+    on_kernel(BULLSEYE_CLOUD, "stop", || {
+        stop::vmctl_stop_clean(BULLSEYE_CLOUD)
+    });
+}
+
+#[test]
+fn c_vmctl_stop_clean_forky() {
+    on_kernel(FORKY_CLOUD, "stop", || stop::vmctl_stop_clean(FORKY_CLOUD));
+}
+
+#[test]
+fn g_host_clock_forward_syncrtc_bullseye() {
+    on_kernel(BULLSEYE_CLOUD, "clockfwd", || {
+        clock::host_clock_forward_syncrtc(BULLSEYE_CLOUD)
+    });
+}
+
+#[test]
+fn g_host_clock_forward_syncrtc_trixie() {
+    on_trixie("clockfwd", || {
+        clock::host_clock_forward_syncrtc(TRIXIE_CLOUD)
+    });
+}
+
+#[test]
+fn g_host_clock_forward_syncrtc_forky() {
+    on_kernel(FORKY_CLOUD, "clockfwd", || {
+        clock::host_clock_forward_syncrtc(FORKY_CLOUD)
+    });
 }
