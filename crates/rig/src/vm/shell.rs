@@ -46,9 +46,7 @@ impl Vm {
         let s = self.wait_console_from(e, ":", timeout)?;
         // Offsets are into the raw console bytes: slice them, not a lossy copy.
         let data = self.shared.console.lock().unwrap().data[b..s].to_vec();
-        let output = String::from_utf8_lossy(&data[..e - end.len() - b])
-            .trim()
-            .to_string();
+        let output = without_agent_log(&String::from_utf8_lossy(&data[..e - end.len() - b]));
         let status = String::from_utf8_lossy(&data[e - b..s - 1 - b]);
         let status = status.trim().parse().map_err(|_| {
             RigError::Missing(format!(
@@ -56,5 +54,54 @@ impl Vm {
             ))
         })?;
         Ok(Ran { status, output })
+    }
+}
+
+/// The console is shared with the supervised agent, whose log lines land
+/// between a command's lines whenever it logs meanwhile (a whole line per
+/// write, so never inside one): leave them out of the command's output.
+/// The full console keeps them for the tests that wait for them.
+fn without_agent_log(out: &str) -> String {
+    let kept: Vec<&str> = out.lines().filter(|l| !is_agent_log_line(l)).collect();
+    kept.join("\n").trim().to_string()
+}
+
+/// A line of the agent's log: an RFC 3339 UTC time, then a level.
+fn is_agent_log_line(line: &str) -> bool {
+    let mut words = line.trim_start_matches('\r').split_whitespace();
+    let (Some(time), Some(level)) = (words.next(), words.next()) else {
+        return false;
+    };
+    let t = time.as_bytes();
+    t.len() >= 20
+        && t[4] == b'-'
+        && t[10] == b'T'
+        && time.ends_with('Z')
+        && t[..4].iter().all(u8::is_ascii_digit)
+        && ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&level)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agents_log_lines_are_not_a_commands_output() {
+        let out = "2026-11-30T05:56:03.880682Z  INFO chrony: /run/chrony.vmmci.sock is not there\n\
+                   0000:00:02.0\n\
+                   2026-11-30T05:56:04.1Z ERROR device gone\n";
+        assert_eq!(without_agent_log(out), "0000:00:02.0");
+    }
+
+    #[test]
+    fn output_that_only_looks_alike_is_kept() {
+        for line in [
+            "2026-11-30 INFO not a time",
+            "2026-11-30T05:56:03Z NOTICE not a level",
+            "INFO 2026-11-30T05:56:03Z",
+            "{\"at\": \"2026-11-30T05:56:03Z\"}",
+        ] {
+            assert_eq!(without_agent_log(line), line);
+        }
     }
 }
