@@ -122,13 +122,16 @@ impl Vm {
     /// Host time (since QEMU was spawned) of the first event from the
     /// `from`th on that `pick` accepts.
     pub fn host_time_of(&self, from: usize, pick: impl Fn(&EventKind) -> bool) -> Option<Duration> {
-        let (evs, vmd_now) = self.with_vmd(|v| {
-            let evs: Vec<Event> = v.events()[from.min(v.events().len())..].to_vec();
-            (evs, v.elapsed())
-        });
-        // vmd's clock starts a moment before QEMU's spawn: take the difference off.
+        let evs = self.events_since(from);
+        first_at(&evs, pick).map(|at| self.host_time_of_vmd(at))
+    }
+
+    /// Host time (since QEMU was spawned) of `at` on the simulator's clock,
+    /// which starts a moment before QEMU's spawn: the difference is taken off.
+    pub fn host_time_of_vmd(&self, at: Duration) -> Duration {
+        let vmd_now = self.with_vmd(|v| v.elapsed());
         let offset = vmd_now.saturating_sub(self.elapsed());
-        first_at(&evs, pick).map(|at| at.saturating_sub(offset))
+        at.saturating_sub(offset)
     }
 
     /// How many times the guest has written COMMAND.

@@ -71,23 +71,19 @@ impl BootWindow {
             .map(|m| self.driver_ok - m)
     }
 
-    /// One JSON object (no trailing newline).
-    pub fn json(&self) -> String {
-        let opt = |v: Option<f64>| v.map_or("null".to_string(), |x| format!("{x:.3}"));
-        format!(
-            "{{\"init\": \"{}\", \"qemu_to_kernel_s\": {:.3}, \"driver_ok_s\": {:.3}, \
-             \"agent_started_s\": {}, \"old_module_loaded_s\": {}, \"modules_service_done_s\": {}, \
-             \"driver_ok_minus_old_module_s\": {}, \"driver_ok_journal_s\": {}, \"stamped_lines\": {}}}",
-            self.init,
-            self.qemu_to_kernel,
-            self.driver_ok,
-            opt(self.agent_started),
-            opt(self.module_loaded),
-            opt(self.modules_service_done),
-            opt(self.vs_module()),
-            opt(self.driver_ok_journal),
-            self.stamped_lines
-        )
+    /// The boot's record for the bench's JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "init": self.init,
+            "qemu_to_kernel_s": self.qemu_to_kernel,
+            "driver_ok_s": self.driver_ok,
+            "agent_started_s": self.agent_started,
+            "old_module_loaded_s": self.module_loaded,
+            "modules_service_done_s": self.modules_service_done,
+            "driver_ok_minus_old_module_s": self.vs_module(),
+            "driver_ok_journal_s": self.driver_ok_journal,
+            "stamped_lines": self.stamped_lines,
+        })
     }
 }
 
@@ -182,19 +178,13 @@ pub fn kernel_zero(
 
 /// Host time (since QEMU spawned) of the first status write with DRIVER_OK.
 pub fn driver_ok_at(vm: &Vm) -> Option<Duration> {
-    // The simulator's clock starts a moment before QEMU is spawned:
-    // measure the offset between the two and take it off.
-    let (vmd_now, qemu_now) = (vm.with_vmd(|v| v.elapsed()), vm.elapsed());
-    let offset = vmd_now.as_secs_f64() - qemu_now.as_secs_f64();
     let at = vm.with_vmd(|v| {
         v.status_writes_at()
             .iter()
             .find(|&&(_, s)| s & status::DRIVER_OK != 0)
             .map(|&(t, _)| t)
     })?;
-    Some(Duration::from_secs_f64(
-        (at.as_secs_f64() - offset).max(0.0),
-    ))
+    Some(vm.host_time_of_vmd(at))
 }
 
 /// Host time (since QEMU spawned) at which `needle` first reached the

@@ -44,10 +44,7 @@ fn boots(init: Init, n: usize) -> Result<Vec<BootWindow>, RigError> {
 fn windows_json(ws: &[BootWindow]) -> Value {
     let pts =
         |f: &dyn Fn(&BootWindow) -> Option<f64>| -> Vec<f64> { ws.iter().filter_map(f).collect() };
-    let boots: Vec<Value> = ws
-        .iter()
-        .map(|w| serde_json::from_str(&w.json()).expect("BootWindow::json is JSON"))
-        .collect();
+    let boots: Vec<Value> = ws.iter().map(BootWindow::json).collect();
     json!({
         "driver_ok_s": figure("s", &pts(&|w| Some(w.driver_ok))),
         "agent_started_s": figure("s", &pts(&|w| w.agent_started)),
