@@ -108,7 +108,8 @@ pub fn probe(vm: &Vm, prog: &str, count: u32) -> Result<Vec<i64>, RigError> {
 }
 
 /// The JSON object in a command's console output: from its first `{` to
-/// its last `}` (the agent's log lines can share the console).
+/// its last `}` (kernel messages share the console; [`Vm::run`] already
+/// leaves the agent's log lines out).
 pub fn json_in(out: &str) -> Option<&str> {
     match (out.find('{'), out.rfind('}')) {
         (Some(i), Some(j)) if i < j => Some(&out[i..=j]),

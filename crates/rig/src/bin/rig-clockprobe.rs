@@ -18,7 +18,7 @@
 //! One warm-up point with the marker `PROBE_WARMUP` comes first; the host
 //! skips it.
 //!
-//! Usage: rig-clockprobe [COUNT [INTERVAL_MS]]   (defaults 5, 100)
+//! Usage: `rig-clockprobe [COUNT [INTERVAL_MS]]`   (defaults 5, 100)
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;

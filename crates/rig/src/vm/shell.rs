@@ -58,8 +58,10 @@ impl Vm {
 }
 
 /// The console is shared with the supervised agent, whose log lines land
-/// between a command's lines whenever it logs meanwhile (a whole line per
-/// write, so never inside one): leave them out of the command's output.
+/// between a command's lines whenever it logs meanwhile: leave them out of
+/// the command's output. The agent writes a whole line at a time, so one of
+/// its lines is never split; only a command that writes half a line and
+/// then waits could have one glued to its own, which no rig command does.
 /// The full console keeps them for the tests that wait for them.
 fn without_agent_log(out: &str) -> String {
     let kept: Vec<&str> = out.lines().filter(|l| !is_agent_log_line(l)).collect();
