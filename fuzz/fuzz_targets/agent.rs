@@ -1031,7 +1031,15 @@ fn run(data: &[u8]) {
         g => i64::from(g) - 1,
     };
 
-    let config = AgentConfig::default();
+    // The model predicts the policy that steps only when asked; the
+    // default, `discipline`, adds steps and slews of its own.
+    let config = AgentConfig {
+        clock: vmmci_agent::ClockPolicy {
+            mode: vmmci_agent::ClockMode::StepOnRequest,
+            ..vmmci_agent::ClockPolicy::default()
+        },
+        ..AgentConfig::default()
+    };
     let world = Rc::new(RefCell::new(World {
         ctl: Stream::new(ctl),
         clk: Stream::new(clk),

@@ -2,7 +2,7 @@
 
 use std::io;
 
-use vmmci_agent::{ClockError, GuestClock};
+use vmmci_agent::{ClockError, GuestClock, Rate};
 
 const NANOS_PER_SEC: i64 = 1_000_000_000;
 
@@ -43,22 +43,31 @@ impl GuestClock for SystemClock {
         }
     }
 
-    fn frequency_ppm(&self) -> Result<f64, ClockError> {
-        let tx = adjtime(0, 0)?;
-        Ok(tx.freq as f64 / FREQ_SCALE)
+    fn rate(&self) -> Result<Rate, ClockError> {
+        let tx = adjtime(&mut zeroed_timex())?;
+        Ok(Rate {
+            // c_long is i64 on x86_64, the only target vmd runs.
+            tick_us: tx.tick,
+            frequency_ppm: tx.freq as f64 / FREQ_SCALE,
+        })
     }
 
-    /// `clock_adjtime(ADJ_FREQUENCY)`: the kernel's NTP frequency correction,
-    /// the same knob chronyd and ntpd turn. It changes the clock's rate,
-    /// never its reading.
-    fn set_frequency_ppm(&mut self, ppm: f64) -> Result<(), ClockError> {
-        if !ppm.is_finite() {
+    /// `clock_adjtime(ADJ_TICK | ADJ_FREQUENCY)`: the kernel's tick length
+    /// and NTP frequency correction, the knobs chronyd turns on Linux. They
+    /// change the clock's rate, never its reading.
+    fn set_rate(&mut self, rate: Rate) -> Result<(), ClockError> {
+        if !rate.frequency_ppm.is_finite() {
             return Err(ClockError::Failed(format!(
-                "frequency {ppm} is not a number"
+                "frequency {} is not a number",
+                rate.frequency_ppm
             )));
         }
-        let scaled = (ppm.clamp(-MAX_PPM, MAX_PPM) * FREQ_SCALE).round() as libc::c_long;
-        adjtime(libc::ADJ_FREQUENCY, scaled).map(|_| ())
+        let mut tx = zeroed_timex();
+        tx.modes = libc::ADJ_TICK | libc::ADJ_FREQUENCY;
+        tx.tick = rate.tick_us;
+        tx.freq =
+            (rate.frequency_ppm.clamp(-MAX_PPM, MAX_PPM) * FREQ_SCALE).round() as libc::c_long;
+        adjtime(&mut tx).map(|_| ())
     }
 
     fn disciplined_by(&self) -> Option<String> {
@@ -66,24 +75,29 @@ impl GuestClock for SystemClock {
     }
 
     fn kernel_synchronised(&self) -> Option<bool> {
-        adjtime(0, 0).ok().map(|tx| kernel_synchronised(tx.status))
+        adjtime(&mut zeroed_timex())
+            .ok()
+            .map(|tx| kernel_synchronised(tx.status))
     }
 }
 
 /// ADJ_FREQUENCY's unit: ppm with a 16-bit fraction.
 const FREQ_SCALE: f64 = 65_536.0;
 /// The kernel refuses more (MAXFREQ).
-const MAX_PPM: f64 = 500.0;
+const MAX_PPM: f64 = vmmci_agent::MAX_FREQUENCY_PPM;
 
-/// One `clock_adjtime` on CLOCK_REALTIME with `modes` (0: only read).
-fn adjtime(modes: libc::c_uint, freq: libc::c_long) -> Result<libc::timex, ClockError> {
+/// A timex that asks for nothing (modes 0: only read).
+fn zeroed_timex() -> libc::timex {
     // SAFETY: an all-zero timex is valid input.
-    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
-    tx.modes = modes;
-    tx.freq = freq;
+    unsafe { std::mem::zeroed() }
+}
+
+/// One `clock_adjtime` on CLOCK_REALTIME; the kernel's state comes back in
+/// `tx`.
+fn adjtime(tx: &mut libc::timex) -> Result<libc::timex, ClockError> {
     // SAFETY: tx is a valid timex for the duration of the call.
-    if unsafe { libc::clock_adjtime(libc::CLOCK_REALTIME, &mut tx) } >= 0 {
-        return Ok(tx);
+    if unsafe { libc::clock_adjtime(libc::CLOCK_REALTIME, tx) } >= 0 {
+        return Ok(*tx);
     }
     let err = io::Error::last_os_error();
     match err.raw_os_error() {
@@ -142,9 +156,13 @@ mod tests {
     // kernel's NTP state, and tests must never re-clock the machine they
     // run on. The end-to-end tests step a real guest's clock in QEMU.
     #[test]
-    fn frequency_and_sync_flag_read_without_privilege() {
-        let f = SystemClock.frequency_ppm().unwrap();
-        assert!(f.abs() <= MAX_PPM, "{f}");
+    fn rate_and_sync_flag_read_without_privilege() {
+        let r = SystemClock.rate().unwrap();
+        assert!(r.frequency_ppm.abs() <= MAX_PPM, "{r:?}");
+        assert!(
+            (vmmci_agent::MIN_TICK_US..=vmmci_agent::MAX_TICK_US).contains(&r.tick_us),
+            "{r:?}"
+        );
         assert!(SystemClock.kernel_synchronised().is_some());
         assert!(!kernel_synchronised(libc::STA_UNSYNC | libc::STA_PLL));
         assert!(kernel_synchronised(libc::STA_PLL));

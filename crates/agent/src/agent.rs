@@ -12,11 +12,12 @@ use tracing::{debug, info, warn};
 use vmmci_protocol::{status, Command, Features, HostTimeError, Register};
 use vmmci_transport::{RegisterIo, TransportError};
 
-use crate::discipline::{ClockMode, ClockPolicy, Servo};
-use crate::drift::{DriftPoint, DriftTracker};
+use crate::discipline::{ClockMode, ClockPolicy};
+use crate::drift::{DriftPoint, DriftTracker, WorstWindow};
 use crate::report::{
     fmt_ns, ClockReport, CommandCounts, CommandRecord, Snapshot, StepRecord, Tick,
 };
+use crate::servo::Servo;
 use crate::world::{ClockError, GuestClock, Power};
 use commands::{is_syncrtc, PendingPower};
 
@@ -139,7 +140,12 @@ pub struct Agent<B, C, P> {
     pending_power: Option<PendingPower>,
     polls: u64,
     last_sample_error: Option<String>,
+    /// The worst offset of the last hour.
+    worst: WorstWindow,
     servo: Servo,
+    /// The tick the kernel had when the agent started: put back when the
+    /// agent hands the clock over (a daemon that comes later expects it).
+    found_tick_us: i64,
     /// Polls left to retry a SYNCRTC step that failed.
     step_retries_left: u32,
     clock_report: ClockReport,
@@ -150,14 +156,15 @@ pub struct Agent<B, C, P> {
     fed_sample_interval: Option<Duration>,
     /// What the kernel's sync flag is taken to say (`discipline`).
     sync_flag: policy::SyncFlag,
-    /// The kernel's frequency holds the agent's last slew (`discipline`).
+    /// The kernel's rate holds the agent's last slew (`discipline`).
     slewing: bool,
 }
 
 impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
     pub fn new(bar: B, clock: C, power: P, config: AgentConfig) -> Self {
         let history = config.history;
-        let servo = Servo::new(clock.frequency_ppm().unwrap_or(0.0));
+        let found = clock.rate().unwrap_or_default();
+        let servo = Servo::new(found.total_ppm());
         Agent {
             bar,
             clock,
@@ -175,7 +182,9 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
             pending_power: None,
             polls: 0,
             last_sample_error: None,
+            worst: WorstWindow::default(),
             servo,
+            found_tick_us: found.tick_us,
             step_retries_left: 0,
             clock_report: ClockReport::default(),
             commands: CommandCounts::default(),
@@ -218,16 +227,16 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
     /// New tunables (a reloaded config). The next sample is due at once so
     /// a new sample interval takes effect now; the history is kept.
     pub fn reconfigure(&mut self, config: AgentConfig) {
-        // Leaving `discipline`: keep the learned rate, drop the part that
-        // was removing the last offset.
-        if self.config.clock.mode == ClockMode::Discipline
-            && config.clock.mode != ClockMode::Discipline
-            && self.clock_report.slews > 0
-        {
-            if let Err(e) = self.clock.set_frequency_ppm(self.servo.frequency_ppm()) {
-                warn!("could not settle the clock's frequency: {e}");
-            }
-            self.slewing = false;
+        let was = self.config.clock.mode == ClockMode::Discipline;
+        let will = config.clock.mode == ClockMode::Discipline;
+        if was && !will {
+            // Leaving `discipline`: keep the learned rate, drop the part
+            // that was removing the last offset.
+            self.hand_over_clock();
+        } else if will && !was {
+            // Starting it: from the kernel's correction now, and with the
+            // steps a start allows.
+            self.servo = Servo::new(self.clock.rate().unwrap_or_default().total_ppm());
         }
         self.config = config;
         self.next_sample = Duration::ZERO;
@@ -249,10 +258,19 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
         }
     }
 
-    /// The sample interval in effect.
+    /// The sample interval in effect: the fed daemon's, or while
+    /// `discipline` has the clock, fast until its servo locks.
     pub fn sample_interval(&self) -> Duration {
-        self.fed_sample_interval
-            .unwrap_or(self.config.sample_interval)
+        if let Some(fed) = self.fed_sample_interval {
+            return fed;
+        }
+        let configured = self.config.sample_interval;
+        if self.config.clock.mode == ClockMode::Discipline
+            && self.clock_report.disciplined_by.is_none()
+        {
+            return self.servo.interval(configured);
+        }
+        configured
     }
     pub fn latched(&self) -> Option<u32> {
         self.latched
@@ -298,6 +316,7 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
     /// DRIVER_OK, and keeping it lets the next agent acknowledge a stop
     /// posted while none ran.
     pub fn release(&mut self) -> Result<(), AgentError> {
+        self.hand_over_clock();
         self.write(Register::DeviceStatus, status::RESET.into())?;
         self.state = State::Released;
         Ok(())
@@ -305,6 +324,7 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
 
     /// The agent is leaving and keeps DRIVER_OK (the default).
     pub fn exit(&mut self) {
+        self.hand_over_clock();
         self.state = State::Exited;
     }
 
@@ -326,11 +346,11 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
             }
         }
         if now >= self.next_sample {
-            self.next_sample = now + self.sample_interval();
             match self.sample() {
                 Ok(s) => {
                     let point = DriftPoint::from(&s);
                     self.drift.record(point);
+                    self.worst.record(now, point.offset_ns);
                     self.last_sample_error = None;
                     debug!(offset = %fmt_ns(point.offset_ns), rtt = %fmt_ns(point.round_trip_ns), "drift sample");
                     tick.sampled = Some(point);
@@ -345,6 +365,8 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
                     self.last_sample_error = Some(text);
                 }
             }
+            // After the policy: a servo that just locked samples slower.
+            self.next_sample = now + self.sample_interval();
         }
         Ok(tick)
     }
@@ -374,6 +396,8 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
             clock: ClockReport {
                 mode: self.config.clock.mode,
                 step_threshold_ns: duration_ns(self.config.clock.step_threshold),
+                rate_error_ppm: self.servo.rate_error_ppm(),
+                worst_hour_ns: self.worst.worst(),
                 ..self.clock_report.clone()
             },
             commands: self.commands,

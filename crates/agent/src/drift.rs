@@ -1,6 +1,8 @@
-//! Drift tracking: the history of host − guest offsets from periodic samples.
+//! Drift tracking: the history of host − guest offsets from periodic
+//! samples, and the worst of the last hour.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use vmmci_protocol::TimeSample;
 
@@ -82,6 +84,46 @@ impl DriftTracker {
     }
 }
 
+/// The worst offset (largest magnitude, with its sign) of the samples of
+/// the last hour: the worst of each minute, 60 minutes kept.
+#[derive(Clone, Debug, Default)]
+pub struct WorstWindow {
+    /// (minute of the agent's monotonic time, worst offset in it).
+    minutes: VecDeque<(u64, i64)>,
+}
+
+impl WorstWindow {
+    const MINUTES: u64 = 60;
+
+    /// An offset measured at monotonic time `now`.
+    pub fn record(&mut self, now: Duration, offset_ns: i64) {
+        let minute = now.as_secs() / 60;
+        while self
+            .minutes
+            .front()
+            .is_some_and(|&(m, _)| m + Self::MINUTES <= minute)
+        {
+            self.minutes.pop_front();
+        }
+        match self.minutes.back_mut() {
+            Some((m, worst)) if *m == minute => {
+                if offset_ns.unsigned_abs() > worst.unsigned_abs() {
+                    *worst = offset_ns;
+                }
+            }
+            _ => self.minutes.push_back((minute, offset_ns)),
+        }
+    }
+
+    /// The worst of the hour before the last record.
+    pub fn worst(&self) -> Option<i64> {
+        self.minutes
+            .iter()
+            .map(|&(_, w)| w)
+            .max_by_key(|w| w.unsigned_abs())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +157,21 @@ mod tests {
         t.record(point(1));
         t.record(point(2));
         assert_eq!(t.history().count(), 1);
+    }
+
+    #[test]
+    fn worst_of_the_last_hour_with_its_sign() {
+        let mut w = WorstWindow::default();
+        assert_eq!(w.worst(), None);
+        let min = |m: u64| Duration::from_secs(60 * m);
+        w.record(min(0), 300);
+        w.record(min(0) + Duration::from_secs(20), -900);
+        w.record(min(30), 500);
+        assert_eq!(w.worst(), Some(-900));
+        // An hour on, the first minute has left the window.
+        w.record(min(60), 10);
+        assert_eq!(w.worst(), Some(500));
+        w.record(min(200), -20);
+        assert_eq!(w.worst(), Some(-20));
     }
 }

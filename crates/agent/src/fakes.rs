@@ -5,11 +5,13 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::rate::{Rate, MAX_FREQUENCY_PPM, MAX_TICK_US, MIN_TICK_US};
 use crate::world::{ClockError, GuestClock, Power, PowerAction, PowerError};
 
 /// A guest wall clock: some base time (a simulated host's, or this
 /// machine's) plus an error the agent corrects by stepping, running at a
-/// frequency correction the agent sets when it slews.
+/// rate correction (tick and frequency, in the kernel's limits) the agent
+/// sets when it slews.
 #[derive(Clone)]
 pub struct FakeGuestClock {
     base: Arc<dyn Fn() -> i64 + Send + Sync>,
@@ -21,8 +23,8 @@ struct ClockState {
     offset_ns: i64,
     steps: Vec<i64>,
     refuse: bool,
-    /// Frequency correction, ppm, in effect since base time `anchor_ns`.
-    freq_ppm: f64,
+    /// Rate correction in effect since base time `anchor_ns`.
+    rate: Rate,
     anchor_ns: Option<i64>,
     freq_sets: u64,
     disciplined_by: Option<String>,
@@ -33,7 +35,7 @@ impl ClockState {
     /// What the frequency correction has added since its anchor.
     fn slewed_ns(&self, base_ns: i64) -> i64 {
         self.anchor_ns.map_or(0, |a| {
-            ((base_ns - a) as f64 * self.freq_ppm * 1e-6).round() as i64
+            ((base_ns - a) as f64 * self.rate.total_ppm() * 1e-6).round() as i64
         })
     }
 }
@@ -77,7 +79,7 @@ impl FakeGuestClock {
     pub fn refuse_steps(&self, refuse: bool) {
         self.state().refuse = refuse;
     }
-    /// How many times the frequency was set.
+    /// How many times the rate was set.
     pub fn frequency_sets(&self) -> u64 {
         self.state().freq_sets
     }
@@ -89,9 +91,13 @@ impl FakeGuestClock {
     pub fn set_kernel_synchronised(&self, synchronised: Option<bool>) {
         self.state().kernel_synchronised = synchronised;
     }
-    /// The frequency correction in effect, ppm.
+    /// The whole rate correction in effect, ppm.
     pub fn frequency(&self) -> f64 {
-        self.state().freq_ppm
+        self.state().rate.total_ppm()
+    }
+    /// The rate correction in effect.
+    pub fn kernel_rate(&self) -> Rate {
+        self.state().rate
     }
 }
 
@@ -110,19 +116,26 @@ impl GuestClock for FakeGuestClock {
         s.steps.push(delta_ns);
         Ok(())
     }
-    fn frequency_ppm(&self) -> Result<f64, ClockError> {
-        Ok(self.state().freq_ppm)
+    fn rate(&self) -> Result<Rate, ClockError> {
+        Ok(self.state().rate)
     }
-    fn set_frequency_ppm(&mut self, ppm: f64) -> Result<(), ClockError> {
+    /// As `adjtimex(2)`: EINVAL for a tick or frequency out of range.
+    fn set_rate(&mut self, rate: Rate) -> Result<(), ClockError> {
         let base = (self.base)();
         let mut s = self.state();
         if s.refuse {
             return Err(ClockError::NotPermitted("EPERM (fake clock)".into()));
         }
+        if !(MIN_TICK_US..=MAX_TICK_US).contains(&rate.tick_us)
+            || !rate.frequency_ppm.is_finite()
+            || rate.frequency_ppm.abs() > MAX_FREQUENCY_PPM
+        {
+            return Err(ClockError::Failed(format!("EINVAL (fake clock): {rate:?}")));
+        }
         // Fold what the old rate added into the offset, then run at the new.
         s.offset_ns += s.slewed_ns(base);
         s.anchor_ns = Some(base);
-        s.freq_ppm = ppm;
+        s.rate = rate;
         s.freq_sets += 1;
         Ok(())
     }

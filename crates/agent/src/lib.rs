@@ -10,14 +10,18 @@ mod agent;
 mod discipline;
 mod drift;
 pub mod fakes;
+mod rate;
 mod report;
+mod servo;
 mod world;
 
 pub use agent::{Agent, AgentConfig, AgentError, State};
-pub use discipline::{ClockMode, ClockPolicy, Servo, DEFAULT_STEP_THRESHOLD, MAX_FREQUENCY_PPM};
+pub use discipline::{ClockMode, ClockPolicy, DEFAULT_STEP_THRESHOLD};
 pub use drift::{DriftPoint, DriftTracker};
+pub use rate::{Rate, MAX_FREQUENCY_PPM, MAX_RATE_PPM, MAX_TICK_US, MIN_TICK_US, NOMINAL_TICK_US};
 pub use report::{
     fmt_bound, fmt_ns, ClockDecision, ClockReport, CommandCounts, CommandRecord, Handled, Outcome,
     Snapshot, StepCause, StepRecord, Tick,
 };
+pub use servo::{Servo, FAST_INTERVAL, STARTUP_STEP_NS};
 pub use world::{ClockError, GuestClock, Power, PowerAction, PowerError};

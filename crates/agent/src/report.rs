@@ -133,6 +133,8 @@ pub enum ClockDecision {
     Slewed { offset_ns: i64, frequency_ppm: f64 },
     /// `discipline`: the offset was beyond the threshold.
     Stepped(StepRecord),
+    /// `discipline`: the offset was beyond a millisecond as it started.
+    SteppedAtStart(StepRecord),
     /// `discipline`: another time daemon has the clock.
     StoodBack { by: String },
     /// `step-on-request`: far off, and no request came (logged once).
@@ -155,6 +157,11 @@ impl std::fmt::Display for ClockDecision {
             ClockDecision::Stepped(s) => write!(
                 f,
                 "stepped by {} with no SYNCRTC (beyond the step threshold)",
+                fmt_ns(s.delta_ns)
+            ),
+            ClockDecision::SteppedAtStart(s) => write!(
+                f,
+                "stepped by {} as discipline started (beyond 1 ms)",
                 fmt_ns(s.delta_ns)
             ),
             ClockDecision::StoodBack { by } => {
@@ -186,10 +193,19 @@ pub struct CommandCounts {
 pub struct ClockReport {
     pub mode: ClockMode,
     pub step_threshold_ns: i64,
-    /// The frequency correction the agent last set (`discipline` only).
+    /// The rate correction the agent last set, tick and frequency
+    /// together (`discipline` only).
     pub frequency_ppm: Option<f64>,
-    /// The servo's learned rate correction.
+    /// The tick it set, when not the kernel's default.
+    pub tick_us: Option<i64>,
+    /// The servo's learned rate correction …
     pub learned_frequency_ppm: Option<f64>,
+    /// … and how far off it may be (one deviation), once measured.
+    pub rate_error_ppm: Option<f64>,
+    /// Guest wall time at which the servo locked, while it holds.
+    pub locked_since_ns: Option<i64>,
+    /// The worst offset measured in the last hour.
+    pub worst_hour_ns: Option<i64>,
     pub steps_requested: u64,
     pub steps_periodic: u64,
     pub slews: u64,

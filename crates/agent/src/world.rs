@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use crate::rate::Rate;
+
 /// The guest's CLOCK_REALTIME.
 pub trait GuestClock {
     /// Nanoseconds since the Unix epoch.
@@ -12,14 +14,15 @@ pub trait GuestClock {
     /// Move the clock by `delta_ns` (positive: forward), in one atomic
     /// adjustment so that time spent before the call does not matter.
     fn step(&mut self, delta_ns: i64) -> Result<(), ClockError>;
-    /// The kernel's frequency correction now in effect, ppm (positive: the
-    /// clock runs faster than its oscillator).
-    fn frequency_ppm(&self) -> Result<f64, ClockError> {
-        Ok(0.0)
+    /// The kernel's rate correction now in effect: tick and frequency
+    /// (`Rate::total_ppm`, positive: the clock runs faster than its
+    /// oscillator).
+    fn rate(&self) -> Result<Rate, ClockError> {
+        Ok(Rate::NOMINAL)
     }
     /// Set that correction: how `discipline` slews, with no jump in time.
-    fn set_frequency_ppm(&mut self, ppm: f64) -> Result<(), ClockError> {
-        let _ = ppm;
+    fn set_rate(&mut self, rate: Rate) -> Result<(), ClockError> {
+        let _ = rate;
         Err(ClockError::Failed("this clock cannot be slewed".into()))
     }
     /// Another time daemon that disciplines this clock, named, if one runs:
@@ -86,11 +89,11 @@ impl<T: GuestClock + ?Sized> GuestClock for &mut T {
     fn step(&mut self, delta_ns: i64) -> Result<(), ClockError> {
         (**self).step(delta_ns)
     }
-    fn frequency_ppm(&self) -> Result<f64, ClockError> {
-        (**self).frequency_ppm()
+    fn rate(&self) -> Result<Rate, ClockError> {
+        (**self).rate()
     }
-    fn set_frequency_ppm(&mut self, ppm: f64) -> Result<(), ClockError> {
-        (**self).set_frequency_ppm(ppm)
+    fn set_rate(&mut self, rate: Rate) -> Result<(), ClockError> {
+        (**self).set_rate(rate)
     }
     fn disciplined_by(&self) -> Option<String> {
         (**self).disciplined_by()

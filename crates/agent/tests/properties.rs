@@ -12,7 +12,8 @@
 //!   (REBOOT → reboot, SHUTDOWN → poweroff): never twice for one REBOOT;
 //! - the clock is stepped only while handling a SYNCRTC, by the amount the
 //!   outcome reports, and leaves the guest within the error bound of host
-//!   time;
+//!   time; or, in `discipline` (the default), also by a periodic decision
+//!   that reports the step;
 //! - a posted REBOOT/SHUTDOWN is acknowledged within vmd's 3 s, unless vmd
 //!   itself overwrote it with a SYNCRTC first (a vmd quirk: the command is
 //!   lost and the ACK timer keeps running);
@@ -24,7 +25,9 @@ use std::time::Duration;
 use proptest::prelude::*;
 use vmd_sim::{EventKind, HostClock, ManualClock, SimBar, VmEnd, Vmd, VmdConfig, VmmciCmd};
 use vmmci_agent::fakes::{FakeGuestClock, PowerCall, RecordingPower};
-use vmmci_agent::{Agent, AgentConfig, GuestClock, Outcome, PowerAction};
+use vmmci_agent::{
+    Agent, AgentConfig, ClockDecision, ClockMode, ClockPolicy, GuestClock, Outcome, PowerAction,
+};
 use vmmci_protocol::{Command, NANOS_PER_SEC};
 
 const HOST_START_NS: i64 = 1_900_000_000 * NANOS_PER_SEC;
@@ -125,7 +128,12 @@ fn posted(vmd: &Vmd, cmd: VmmciCmd) -> bool {
         .any(|e| matches!(&e.kind, EventKind::Posted { cmd: c, .. } if *c == cmd))
 }
 
-fn run(features: u32, fail_begin: bool, steps: &[Step]) -> Result<(), TestCaseError> {
+fn run(
+    features: u32,
+    fail_begin: bool,
+    mode: ClockMode,
+    steps: &[Step],
+) -> Result<(), TestCaseError> {
     let host = ManualClock::new(HOST_START_NS);
     let vmd = Arc::new(Mutex::new(Vmd::new(
         VmdConfig {
@@ -149,6 +157,10 @@ fn run(features: u32, fail_begin: bool, steps: &[Step]) -> Result<(), TestCaseEr
     };
     let config = AgentConfig {
         not_before_sec: 1_800_000_000,
+        clock: ClockPolicy {
+            mode,
+            ..ClockPolicy::default()
+        },
         ..AgentConfig::default()
     };
     let mut agent = Agent::new(
@@ -194,12 +206,18 @@ fn run(features: u32, fail_begin: bool, steps: &[Step]) -> Result<(), TestCaseEr
                             s.error_bound_ns
                         );
                     }
-                    other => prop_assert!(
-                        stepped.is_empty(),
-                        "clock stepped by {:?} while handling {:?}",
-                        stepped,
-                        other
-                    ),
+                    other => match &t.clock {
+                        Some(ClockDecision::Stepped(s) | ClockDecision::SteppedAtStart(s)) => {
+                            prop_assert_eq!(mode, ClockMode::Discipline);
+                            prop_assert_eq!(stepped, &[s.delta_ns][..]);
+                        }
+                        _ => prop_assert!(
+                            stepped.is_empty(),
+                            "clock stepped by {:?} while handling {:?}",
+                            stepped,
+                            other
+                        ),
+                    },
                 }
                 if let Some(h) = &t.handled {
                     if h.command.is_none() {
@@ -235,13 +253,13 @@ fn run(features: u32, fail_begin: bool, steps: &[Step]) -> Result<(), TestCaseEr
             Step::SetGuestOffset { offset_ms } => w.clock.set_offset_ns(offset_ms * 1_000_000),
             Step::Junk { value } => w.vmd().set_command_raw(value),
         }
-        check(&w)?;
+        check(&w, mode)?;
     }
     Ok(())
 }
 
 /// What must hold after every step.
-fn check(w: &World) -> Result<(), TestCaseError> {
+fn check(w: &World, mode: ClockMode) -> Result<(), TestCaseError> {
     let vmd = w.vmd();
     prop_assert!(
         vmd.violations().is_empty(),
@@ -281,7 +299,7 @@ fn check(w: &World) -> Result<(), TestCaseError> {
         .filter(|c| matches!(c, PowerCall::Force(_)))
         .count();
     prop_assert!(forces <= 1, "forced {forces} times: {calls:?}");
-    if !w.clock.steps().is_empty() {
+    if !w.clock.steps().is_empty() && mode != ClockMode::Discipline {
         prop_assert!(
             posted(&vmd, VmmciCmd::SyncRtc),
             "clock stepped with no SYNCRTC"
@@ -309,8 +327,10 @@ proptest! {
     fn the_agent_never_does_harm(
         steps in prop::collection::vec(step(), 1..80),
         fail_begin in prop::bool::weighted(0.2),
+        discipline in any::<bool>(),
     ) {
-        run(0x7, fail_begin, &steps)?;
+        let mode = if discipline { ClockMode::Discipline } else { ClockMode::StepOnRequest };
+        run(0x7, fail_begin, mode, &steps)?;
     }
 
     /// Any offer, including an old vmd without ACK or SYNCRTC and bits
@@ -320,7 +340,9 @@ proptest! {
         features in prop_oneof![Just(0u32), Just(1u32), Just(3u32), Just(5u32), 0u32..0x10, any::<u32>()
             .prop_filter("all ones means no device", |f| *f != u32::MAX)],
         steps in prop::collection::vec(step(), 1..60),
+        discipline in any::<bool>(),
     ) {
-        run(features, false, &steps)?;
+        let mode = if discipline { ClockMode::Discipline } else { ClockMode::StepOnRequest };
+        run(features, false, mode, &steps)?;
     }
 }

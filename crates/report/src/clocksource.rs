@@ -13,6 +13,9 @@ const POOR: &[&str] = &["jiffies", "refined-jiffies", "pit"];
 /// Beyond this the guest's oscillator is off by more than a plain quartz
 /// clock would be (NTP allows ±500 ppm; a sound guest clock is within ±50).
 const FAST_DRIFT_PPM: f64 = 100.0;
+/// Beyond this the kernel's frequency alone (±500 ppm) cannot follow the
+/// clock: `discipline` sets the tick too, and the clock source needs fixing.
+const TICK_DRIFT_PPM: f64 = vmmci_agent::MAX_FREQUENCY_PPM;
 
 /// A drift rate needs this much history after the last step.
 const MIN_RATE_SPAN_NS: i64 = 60_000_000_000;
@@ -102,8 +105,8 @@ fn advice(c: &ClockSource) -> Vec<String> {
             ),
             None => format!(
                 "the guest clock runs on {current}, which drifts badly in a VM, and nothing \
-                 better is available: set [clock] mode = \"discipline\" or feed chrony \
-                 through [chrony] socket"
+                 better is available: keep [clock] mode = \"discipline\" (the default) or \
+                 feed chrony through [chrony] socket"
             ),
         });
     }
@@ -123,15 +126,22 @@ fn advice(c: &ClockSource) -> Vec<String> {
     if c.current.as_deref() == Some("tsc") && !(c.tsc_constant && c.tsc_nonstop) {
         out.push(
             "the clock runs on a TSC without constant_tsc and nonstop_tsc: it may change \
-             rate with the host's CPU frequency; prefer kvm-clock where offered, or set \
-             [clock] mode = \"discipline\""
+             rate with the host's CPU frequency; prefer kvm-clock where offered, or keep \
+             [clock] mode = \"discipline\" (the default)"
                 .to_string(),
         );
     }
-    if let Some(ppm) = c.drift_ppm.filter(|p| p.abs() > FAST_DRIFT_PPM) {
+    if let Some(ppm) = c.drift_ppm.filter(|p| p.abs() > TICK_DRIFT_PPM) {
         out.push(format!(
-            "the guest clock drifts {ppm:+.0} ppm against the host ({:.1} s a day): set \
-             [clock] mode = \"discipline\", or use chrony with the vmmci refclock",
+            "the guest clock drifts {ppm:+.0} ppm against the host ({:.1} s a day), more \
+             than the kernel's frequency correction reaches: `discipline` follows it through \
+             the tick, but the clock source ({current}) is the thing to fix",
+            ppm.abs() * 86_400.0 / 1e6
+        ));
+    } else if let Some(ppm) = c.drift_ppm.filter(|p| p.abs() > FAST_DRIFT_PPM) {
+        out.push(format!(
+            "the guest clock drifts {ppm:+.0} ppm against the host ({:.1} s a day): keep \
+             [clock] mode = \"discipline\" (the default), or use chrony with the vmmci refclock",
             ppm.abs() * 86_400.0 / 1e6
         ));
     }

@@ -79,10 +79,19 @@ pub struct ClockStatus {
     /// `step-on-request`, `discipline` or `off`.
     pub mode: String,
     pub step_threshold_ns: i64,
-    /// The frequency correction the agent last set (`discipline`).
+    /// The rate correction the agent last set, tick and frequency together
+    /// (`discipline`).
     pub frequency_ppm: Option<f64>,
-    /// The guest oscillator's rate error as the servo learned it.
+    /// The kernel's tick the agent set (µs), when not the default 10 000.
+    pub tick_us: Option<i64>,
+    /// The guest oscillator's rate error as the servo learned it …
     pub learned_frequency_ppm: Option<f64>,
+    /// … and how far off that may be (one deviation).
+    pub rate_error_ppm: Option<f64>,
+    /// Since when (guest wall time, ns) the servo holds the clock locked.
+    pub locked_since_ns: Option<i64>,
+    /// The worst offset (host − guest) of the last hour's samples.
+    pub worst_hour_ns: Option<i64>,
     pub steps_requested: u64,
     pub steps_periodic: u64,
     pub slews: u64,
@@ -238,7 +247,11 @@ impl ClockStatus {
             mode: c.mode.name().to_string(),
             step_threshold_ns: c.step_threshold_ns,
             frequency_ppm: c.frequency_ppm,
+            tick_us: c.tick_us,
             learned_frequency_ppm: c.learned_frequency_ppm,
+            rate_error_ppm: c.rate_error_ppm,
+            locked_since_ns: c.locked_since_ns,
+            worst_hour_ns: c.worst_hour_ns,
             steps_requested: c.steps_requested,
             steps_periodic: c.steps_periodic,
             slews: c.slews,
@@ -300,7 +313,11 @@ mod tests {
                 mode: vmmci_agent::ClockMode::Discipline,
                 step_threshold_ns: 128_000_000,
                 frequency_ppm: Some(49.5),
+                tick_us: None,
                 learned_frequency_ppm: Some(50.1),
+                rate_error_ppm: Some(0.4),
+                locked_since_ns: Some(1_899_999_400_000_000_000),
+                worst_hour_ns: Some(-310_000),
                 steps_requested: 1,
                 steps_periodic: 2,
                 slews: 40,

@@ -78,8 +78,29 @@ pub fn render_prometheus(s: &Status) -> String {
         ),
         (
             "clock_frequency_ppm",
-            "Frequency correction the agent last set (discipline mode).",
+            "Rate correction the agent last set, tick and frequency together (discipline mode).",
             s.clock.frequency_ppm.map(|f| format!("{f:.3}")),
+        ),
+        (
+            "clock_tick_microseconds",
+            "The kernel tick the agent set, when not the default 10000 (discipline mode).",
+            s.clock.tick_us.map(|t| t.to_string()),
+        ),
+        (
+            "clock_learned_rate_ppm",
+            "The guest oscillator's rate error against the host, as discipline learned it.",
+            s.clock.learned_frequency_ppm.map(|f| format!("{f:.3}")),
+        ),
+        (
+            "clock_locked",
+            "1 while discipline holds the guest clock locked to the host's.",
+            (s.clock.mode == "discipline")
+                .then(|| u8::from(s.clock.locked_since_ns.is_some()).to_string()),
+        ),
+        (
+            "clock_worst_offset_hour_seconds",
+            "The worst host minus guest offset of the last hour's samples.",
+            secs(s.clock.worst_hour_ns),
         ),
     ] {
         if let Some(v) = value {
@@ -175,6 +196,9 @@ mod tests {
             "vmmci_clock_steps_total{cause=\"periodic\"} 2",
             "vmmci_clock_slews_total 40",
             "vmmci_clock_frequency_ppm 49.500",
+            "vmmci_clock_learned_rate_ppm 50.100",
+            "vmmci_clock_locked 1",
+            "vmmci_clock_worst_offset_hour_seconds -0.000310000",
             "vmmci_commands_total{command=\"syncrtc\"} 3",
             "clock_mode=\"discipline\"",
         ] {

@@ -75,7 +75,7 @@ pub fn render_text(s: &Status, alive: bool, now_ns: i64) -> String {
             let _ = writeln!(out, "drift:          not measured yet");
         }
     }
-    render_clock(&mut out, s);
+    render_clock(&mut out, s, &ago);
     render_clock_source(&mut out, s);
     match &s.last_step {
         Some(st) => {
@@ -118,7 +118,7 @@ fn render_clock_source(out: &mut String, s: &Status) {
 }
 
 /// The clock policy: mode, what it did, and what needs a person.
-fn render_clock(out: &mut String, s: &Status) {
+fn render_clock(out: &mut String, s: &Status, ago: &dyn Fn(i64) -> String) {
     let c = &s.clock;
     if c.mode.is_empty() {
         return; // a status file from before the policy existed
@@ -133,11 +133,27 @@ fn render_clock(out: &mut String, s: &Status) {
         c.mode, c.steps_requested, c.steps_periodic, c.slews
     );
     if let Some(f) = c.frequency_ppm {
-        let learned = c
-            .learned_frequency_ppm
-            .map(|l| format!(" (learned rate {l:+.3} ppm)"))
+        let tick = c
+            .tick_us
+            .map(|t| format!(", tick {t} µs"))
             .unwrap_or_default();
-        let _ = writeln!(out, "frequency:      {f:+.3} ppm{learned}");
+        let learned = match (c.learned_frequency_ppm, c.rate_error_ppm) {
+            (Some(l), Some(e)) => format!(" (learned rate {l:+.3} ±{e:.3} ppm)"),
+            (Some(l), None) => format!(" (learned rate {l:+.3} ppm)"),
+            _ => String::new(),
+        };
+        let _ = writeln!(out, "frequency:      {f:+.3} ppm{tick}{learned}");
+    }
+    if c.mode == "discipline" && c.disciplined_by.is_none() {
+        let lock = match c.locked_since_ns {
+            Some(at) => format!("locked since {}", ago(at)),
+            None => "not locked yet (sampling every 2 s)".to_string(),
+        };
+        let worst = c
+            .worst_hour_ns
+            .map(|w| format!("; worst offset in the last hour {}", fmt_ns(w)))
+            .unwrap_or_default();
+        let _ = writeln!(out, "lock:           {lock}{worst}");
     }
     if let Some(d) = &c.last_decision {
         let _ = writeln!(out, "clock policy:   {d}");
@@ -200,7 +216,8 @@ mod tests {
             "last step:      none",
             "(2 s ago)",
             "clock mode:     discipline, step threshold 128.000 ms; steps 1 requested, 2 periodic; 40 slews",
-            "frequency:      +49.500 ppm (learned rate +50.100 ppm)",
+            "frequency:      +49.500 ppm (learned rate +50.100 ±0.400 ppm)",
+            "lock:           locked since 2030-03-17T17:36:40.000000Z (10 min 3 s ago); worst offset in the last hour -310.000 µs",
             "clock policy:   slewing",
             "chrony:         sending to /run/chrony.vmmci.sock",
             "clock source:   refined-jiffies (available: tsc refined-jiffies); hypervisor OpenBSDVMM58, kvm-clock not offered; TSC: no constant, no nonstop; drift +50.1 ppm",

@@ -107,7 +107,7 @@ pub struct DaemonArgs {
     /// Where the status file goes.
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
-    /// What to do to the clock: step-on-request, discipline or off.
+    /// What to do to the clock: discipline (the default), step-on-request or off.
     #[arg(long, value_name = "MODE")]
     pub clock_mode: Option<vmmci_agent::ClockMode>,
 }
@@ -155,7 +155,7 @@ pub struct SimulateArgs {
         allow_negative_numbers = true
     )]
     pub host_ppm: f64,
-    /// What the agent does to the clock: step-on-request, discipline or off.
+    /// What the agent does to the clock: discipline (the default), step-on-request or off.
     #[arg(long, value_name = "MODE")]
     pub clock_mode: Option<vmmci_agent::ClockMode>,
 }

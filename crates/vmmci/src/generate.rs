@@ -10,7 +10,24 @@ use clap_complete::Shell;
 use crate::cli::{Cli, GenerateArgs, Generated};
 use crate::CliError;
 
-const MAN_EXTRA: &str = r#".SH HOOKS
+const MAN_EXTRA: &str = r#".SH CLOCK
+\fB[clock] mode\fR (\fB--clock-mode\fR) says what the agent does to the
+guest clock. \fBdiscipline\fR, the default, steps when the host asks
+(SYNCRTC), steps an offset beyond 1 ms in its first three samples and one
+beyond \fBstep_threshold\fR (128 ms) at any time, both ways (a host clock
+set back sends no SYNCRTC), and slews the rest through the kernel's tick and
+frequency (\fBadjtimex\fR(2) ADJ_TICK, ADJ_FREQUENCY), so a clock up to
+10 % off is followed; it samples every 2 s until locked, then every
+\fBsample_interval\fR, and stands back while chronyd, ntpd, openntpd,
+systemd-timesyncd, ptp4l or phc2sys runs. On exit or standing back it
+leaves the kernel at the learned rate with the tick it found.
+\fBstep-on-request\fR steps only on SYNCRTC and warns when the clock is far
+off; \fBoff\fR never touches the clock.
+.PP
+Earlier builds defaulted to \fBstep-on-request\fR. A configuration file
+that names a mode keeps it across upgrades; to go back, put
+\fBmode = "step-on-request"\fR under \fB[clock]\fR in /etc/vmmci.toml.
+.SH HOOKS
 Programs of the administrator's own run around host events, as
 open-vm-tools runs its power-operation scripts:
 .B before-reboot

@@ -310,7 +310,7 @@ fn simulate_runs_the_script_and_touches_nothing() {
         &[
             "handshake done: DRIVER_OK",
             "RTC clock drift",
-            "SYNCRTC acknowledged: clock stepped by +91.5",
+            "SYNCRTC acknowledged: clock stepped by +90.0",
             "vmctl stop",
             "REBOOT acknowledged: reboot started through init",
             "VM ended: clean stop",
@@ -318,7 +318,20 @@ fn simulate_runs_the_script_and_touches_nothing() {
             "result: OK",
         ],
     );
-    // The 1.5 s boot offset is warned about once, in the narrative only.
+    // `discipline`, the default, steps the 1.5 s boot offset at its first
+    // sample, then slews.
+    assert_says(
+        &t,
+        &[
+            "clock mode discipline",
+            "stepped by +1.500000 s with no SYNCRTC",
+            "slewing: offset",
+        ],
+    );
+    // The old policy warns about it once, in the narrative only.
+    let out = vmmci(&["simulate", "--clock-mode", "step-on-request"]);
+    let t = succeeded(&out);
+    assert_says(&t, &["SYNCRTC acknowledged: clock stepped by +91.5"]);
     let warned = t.matches("the host did not ask for a step").count();
     assert_eq!(
         warned, 1,

@@ -10,6 +10,7 @@ use vmmci_transport::RegisterIo;
 use super::{duration_ns, Agent};
 use crate::discipline::ClockMode;
 use crate::drift::DriftPoint;
+use crate::rate::Rate;
 use crate::report::{fmt_bound, fmt_ns, ClockDecision, Outcome, StepCause, StepRecord};
 use crate::world::{GuestClock, Power};
 
@@ -81,41 +82,51 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
         self.clock_report.warning = None;
         if let Some(by) = self.other_daemon() {
             self.servo.restart();
+            self.clock_report.locked_since_ns = None;
             if self.clock_report.disciplined_by.as_deref() != Some(by.as_str()) {
                 info!("{by} disciplines the clock: standing back (SYNCRTC still steps)");
             }
-            self.settle_frequency();
+            self.hand_over_clock();
             self.clock_report.disciplined_by = Some(by.clone());
             return ClockDecision::StoodBack { by };
         }
         if self.clock_report.disciplined_by.take().is_some() {
             info!("no other time daemon now: disciplining the clock");
         }
-        if beyond {
-            warn!(
-                "clock off by {} with no SYNCRTC (a missed resume?): stepping",
-                fmt_ns(sample.offset_ns())
-            );
+        let at_start = self.servo.wants_startup_step(sample);
+        if beyond || at_start {
+            let offset = fmt_ns(sample.offset_ns());
+            if beyond {
+                warn!("clock off by {offset} with no SYNCRTC (a missed resume?): stepping");
+            } else {
+                info!("clock off by {offset} as discipline starts: stepping");
+            }
+            self.clock_report.locked_since_ns = None;
             return match self.step(StepCause::Periodic) {
-                Outcome::Stepped(s) => ClockDecision::Stepped(s),
+                Outcome::Stepped(s) if beyond => ClockDecision::Stepped(s),
+                Outcome::Stepped(s) => ClockDecision::SteppedAtStart(s),
                 other => ClockDecision::Failed(other.to_string()),
             };
         }
         let offset = sample.offset_ns();
-        let frequency = self.servo.update(offset, now, self.sample_interval());
-        match self.clock.set_frequency_ppm(frequency) {
+        let configured = self.config.sample_interval;
+        let rate = Rate::split(self.servo.update(sample, now, configured));
+        self.track_lock(sample);
+        match self.clock.set_rate(rate) {
             Ok(()) => {
                 self.slewing = true;
                 self.clock_report.slews += 1;
-                self.clock_report.frequency_ppm = Some(frequency);
-                self.clock_report.learned_frequency_ppm = Some(self.servo.frequency_ppm());
+                self.clock_report.frequency_ppm = Some(rate.total_ppm());
+                self.clock_report.tick_us = rate.tick_changed().then_some(rate.tick_us);
+                self.clock_report.learned_frequency_ppm = Some(self.servo.rate_ppm());
                 ClockDecision::Slewed {
                     offset_ns: offset,
-                    frequency_ppm: frequency,
+                    frequency_ppm: rate.total_ppm(),
                 }
             }
             Err(e) => {
                 self.servo.restart();
+                self.clock_report.locked_since_ns = None;
                 let d = ClockDecision::Failed(format!("cannot slew: {e}"));
                 if self.clock_report.last_decision.as_deref() != Some(d.to_string().as_str()) {
                     warn!("{d}");
@@ -125,35 +136,55 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
         }
     }
 
-    /// On standing back after slewing: leave the kernel at the learned
-    /// rate, without the part that was removing the last offset (up to
-    /// ±500 ppm). A chronyd started meanwhile with no drift file takes the
-    /// kernel's frequency for its own, and one with no reachable source
-    /// never corrects it: the clock would run off by that much (43 s a day
-    /// at 500 ppm). Not when the kernel's frequency is no longer the one
-    /// the agent set: the other daemon has already set its own.
-    fn settle_frequency(&mut self) {
+    /// The lock as status shows it: since when (guest wall time).
+    fn track_lock(&mut self, sample: &TimeSample) {
+        match (self.servo.locked_at(), self.clock_report.locked_since_ns) {
+            (Some(_), None) => {
+                self.clock_report.locked_since_ns = Some(sample.guest_mid_ns());
+                info!(
+                    "clock locked to the host: offset {}, rate {:+.3} ppm",
+                    fmt_ns(sample.offset_ns()),
+                    self.servo.rate_ppm()
+                );
+            }
+            (None, Some(_)) => self.clock_report.locked_since_ns = None,
+            _ => {}
+        }
+    }
+
+    /// On standing back after slewing, on leaving `discipline` and on exit:
+    /// leave the kernel at the learned rate, without the part that was
+    /// removing the last offset (up to ±10 %), and with the tick the kernel
+    /// had when the agent started (a daemon that comes later, ntpd for one,
+    /// knows only the frequency). A chronyd started meanwhile with no drift
+    /// file takes the kernel's frequency for its own, and one with no
+    /// reachable source never corrects it: the clock would run off by that
+    /// much (43 s a day at 500 ppm). Not when the kernel's rate is no
+    /// longer the one the agent set: the other daemon has already set its
+    /// own.
+    pub(super) fn hand_over_clock(&mut self) {
         if !std::mem::take(&mut self.slewing) {
             return;
         }
-        let (Some(ours), Ok(now)) = (self.clock_report.frequency_ppm, self.clock.frequency_ppm())
-        else {
+        let (Some(ours), Ok(now)) = (self.clock_report.frequency_ppm, self.clock.rate()) else {
             return;
         };
         // The kernel keeps ppm with a 16-bit fraction.
-        if (now - ours).abs() > 1.0 / 65_536.0 {
+        if (now.total_ppm() - ours).abs() > 1.0 / 65_536.0 {
             return;
         }
-        let learned = self.servo.frequency_ppm();
-        match self.clock.set_frequency_ppm(learned) {
+        let learned = self.servo.rate_ppm();
+        let rate = Rate::keeping_tick(learned, self.found_tick_us);
+        match self.clock.set_rate(rate) {
             Ok(()) => {
                 info!(
-                    "frequency correction settled at the learned rate {learned:+.3} ppm \
-                     (was {ours:+.3} ppm)"
+                    "rate correction left at {:+.3} ppm (learned {learned:+.3} ppm; was {ours:+.3} ppm)",
+                    rate.total_ppm()
                 );
-                self.clock_report.frequency_ppm = Some(learned);
+                self.clock_report.frequency_ppm = Some(rate.total_ppm());
+                self.clock_report.tick_us = rate.tick_changed().then_some(rate.tick_us);
             }
-            Err(e) => warn!("could not settle the clock's frequency: {e}"),
+            Err(e) => warn!("could not leave the clock at its learned rate: {e}"),
         }
     }
 
@@ -186,6 +217,7 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
             s.offset_ns()
         });
         self.servo.restart();
+        self.clock_report.locked_since_ns = None;
         match cause {
             StepCause::Request => self.clock_report.steps_requested += 1,
             StepCause::Periodic => self.clock_report.steps_periodic += 1,

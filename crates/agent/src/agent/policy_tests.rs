@@ -9,6 +9,7 @@ use crate::agent::test_rig::*;
 use crate::agent::*;
 use crate::discipline::*;
 use crate::fakes::{FakeGuestClock, RecordingPower};
+use crate::rate::{Rate, NOMINAL_TICK_US};
 use crate::report::*;
 use crate::world::GuestClock;
 
@@ -23,21 +24,42 @@ fn with_mode(rig: &Rig, mode: ClockMode) -> Agent<SimBar, FakeGuestClock, Record
     agent_with(rig, SimBar::new(rig.vmd.clone()), config)
 }
 
-/// Host − guest offsets of `n` periodic samples, one every 15 s.
-fn sample_for(
+/// Run the agent from `*now` for `seconds` of host time, ticking when it
+/// asks to (as the daemon does); what each sample decided, with its offset.
+fn run_for(
     rig: &Rig,
     agent: &mut Agent<SimBar, FakeGuestClock, RecordingPower>,
-    n: u32,
-) -> Vec<i64> {
-    let mut offsets = Vec::new();
-    for k in 0..n {
-        if k > 0 {
-            rig.advance(Duration::from_secs(15));
+    now: &mut Duration,
+    seconds: u64,
+) -> Vec<(i64, Option<ClockDecision>)> {
+    let end = *now + Duration::from_secs(seconds);
+    let mut seen = Vec::new();
+    while *now < end {
+        let t = agent.tick(*now).unwrap();
+        if let Some(p) = t.sampled {
+            seen.push((p.offset_ns, t.clock));
         }
-        let t = agent.tick(Duration::from_secs(15) * k).unwrap();
-        offsets.push(t.sampled.expect("a sample every 15 s").offset_ns);
+        let next = agent
+            .next_deadline(*now)
+            .max(*now + Duration::from_millis(1));
+        rig.advance(next - *now);
+        *now = next;
     }
-    offsets
+    seen
+}
+
+fn offsets(seen: &[(i64, Option<ClockDecision>)]) -> Vec<i64> {
+    seen.iter().map(|(o, _)| *o).collect()
+}
+
+/// The last decision of a run.
+fn decide_after(
+    rig: &Rig,
+    agent: &mut Agent<SimBar, FakeGuestClock, RecordingPower>,
+    now: &mut Duration,
+    seconds: u64,
+) -> Option<ClockDecision> {
+    run_for(rig, agent, now, seconds).pop().and_then(|(_, d)| d)
 }
 
 #[test]
@@ -45,8 +67,9 @@ fn discipline_learns_a_50_ppm_host_where_step_on_request_drifts() {
     // 20 minutes with the host 50 ppm fast and ±20 µs of read noise.
     let rig = Rig::with_host(0x7, 0, 50.0, 20_000);
     let mut agent = with_mode(&rig, ClockMode::Discipline);
-    let offsets = sample_for(&rig, &mut agent, 80);
-    let late = &offsets[40..];
+    let mut now = Duration::ZERO;
+    let first = run_for(&rig, &mut agent, &mut now, 600);
+    let late = offsets(&run_for(&rig, &mut agent, &mut now, 600));
     assert!(
         late.iter().all(|o| o.abs() < 150_000),
         "held within 150 µs after 10 min: {late:?}"
@@ -54,16 +77,28 @@ fn discipline_learns_a_50_ppm_host_where_step_on_request_drifts() {
     let snap = agent.snapshot();
     let learned = snap.clock.learned_frequency_ppm.unwrap();
     assert!((learned - 50.0).abs() < 2.0, "learned {learned} ppm");
-    assert_eq!(snap.clock.slews, 80);
+    assert_eq!(snap.clock.slews as usize, first.len() + late.len());
     assert!(rig.clock.steps().is_empty(), "no step for a rate error");
     assert!(snap.clock.last_decision.unwrap().starts_with("slewing"));
+    assert!(snap.clock.locked_since_ns.is_some(), "locked");
+    assert_eq!(
+        snap.sample_interval,
+        Duration::from_secs(15),
+        "slower once locked"
+    );
+    assert!(snap.clock.worst_hour_ns.unwrap().abs() < 1_000_000);
 
     // The old driver's policy on the same host: 50 µs more every second.
     let rig = Rig::with_host(0x7, 0, 50.0, 20_000);
     let mut agent = with_mode(&rig, ClockMode::StepOnRequest);
-    let offsets = sample_for(&rig, &mut agent, 80);
-    let last = *offsets.last().unwrap();
-    assert!((last - 59_250_000).abs() < 100_000, "drifted {last} ns");
+    let mut now = Duration::ZERO;
+    let last = *offsets(&run_for(&rig, &mut agent, &mut now, 1200))
+        .last()
+        .unwrap();
+    assert!(
+        (58_000_000..=60_000_000).contains(&last),
+        "drifted {last} ns"
+    );
     assert_eq!(rig.clock.frequency_sets(), 0);
     rig.assert_no_violations();
 }
@@ -143,9 +178,10 @@ fn discipline_stands_back_for_another_time_daemon_but_syncrtc_still_steps() {
 
     // chronyd goes away: the agent takes the clock over again.
     rig.clock.set_disciplined_by(None);
-    rig.advance(Duration::from_secs(15));
-    let t = agent.tick(Duration::from_secs(16)).unwrap();
-    assert!(matches!(t.clock, Some(ClockDecision::Slewed { .. })));
+    let mut now = Duration::from_secs(2);
+    rig.advance(Duration::from_secs(1));
+    let d = decide_after(&rig, &mut agent, &mut now, 15);
+    assert!(matches!(d, Some(ClockDecision::Slewed { .. })), "{d:?}");
     assert_eq!(agent.snapshot().clock.disciplined_by, None);
 }
 
@@ -157,9 +193,11 @@ fn discipline_stands_back_for_another_time_daemon_but_syncrtc_still_steps() {
 fn discipline_takes_a_clear_sync_flag_left_by_a_gone_daemon_for_a_leftover() {
     let rig = Rig::with_host(0x7, 0, 50.0, 0);
     let mut agent = with_mode(&rig, ClockMode::Discipline);
-    let decide = |agent: &mut Agent<_, _, _>, at: u64| {
+    let mut now = Duration::ZERO;
+    let mut decide = |agent: &mut Agent<_, _, _>, _at: u64| {
         rig.advance(Duration::from_secs(15));
-        agent.tick(Duration::from_secs(at)).unwrap().clock
+        now += Duration::from_secs(15);
+        decide_after(&rig, agent, &mut now, 15)
     };
     // chronyd runs and has synchronised the clock.
     rig.clock.set_disciplined_by(Some("chronyd (pid 193)"));
@@ -214,29 +252,35 @@ fn discipline_stands_back_for_a_clear_sync_flag_with_no_daemon_seen() {
 }
 
 /// Standing back after slewing leaves the learned rate in the kernel, not
-/// the last correction with its phase part (up to ±500 ppm) that a chronyd
+/// the last correction with its phase part (up to ±10 %) that a chronyd
 /// with no drift file and no reachable source would keep for its own; but
 /// never over a frequency the other daemon has already set.
 #[test]
 fn discipline_settles_at_the_learned_rate_when_it_stands_back() {
     let rig = Rig::with_host(0x7, 0, 50.0, 0);
     let mut agent = with_mode(&rig, ClockMode::Discipline);
-    // 100 ms off: slewed at the clamp.
+    let mut now = Duration::ZERO;
+    run_for(&rig, &mut agent, &mut now, 60);
+    // 100 ms off, after the start: slewed hard.
     rig.clock.set_offset_ns(-100_000_000);
-    let t = agent.tick(Duration::ZERO).unwrap();
+    let seen = loop {
+        let seen = run_for(&rig, &mut agent, &mut now, 1);
+        if !seen.is_empty() {
+            break seen;
+        }
+    };
     assert!(
-        matches!(t.clock, Some(ClockDecision::Slewed { .. })),
-        "{t:?}"
+        matches!(seen[0].1, Some(ClockDecision::Slewed { .. })),
+        "{seen:?}"
     );
     let slewed = rig.clock.frequency();
-    let learned = agent.servo.frequency_ppm();
+    let learned = agent.servo.rate_ppm();
     assert!(
         (slewed - learned).abs() > 100.0,
         "slew {slewed} ppm, learned {learned} ppm"
     );
     rig.clock.set_disciplined_by(Some("chronyd (pid 193)"));
-    rig.advance(Duration::from_secs(15));
-    agent.tick(Duration::from_secs(15)).unwrap();
+    run_for(&rig, &mut agent, &mut now, 2);
     assert_eq!(
         rig.clock.frequency(),
         learned,
@@ -244,19 +288,16 @@ fn discipline_settles_at_the_learned_rate_when_it_stands_back() {
     );
     assert_eq!(agent.snapshot().clock.frequency_ppm, Some(learned));
     let sets = rig.clock.frequency_sets();
-    rig.advance(Duration::from_secs(15));
-    agent.tick(Duration::from_secs(30)).unwrap();
+    run_for(&rig, &mut agent, &mut now, 30);
     assert_eq!(rig.clock.frequency_sets(), sets, "settled once");
 
     // Back to slewing; this time chronyd sets its own frequency first.
     rig.clock.set_disciplined_by(None);
     rig.clock.set_offset_ns(-100_000_000);
-    rig.advance(Duration::from_secs(15));
-    agent.tick(Duration::from_secs(45)).unwrap();
-    rig.clock.clone().set_frequency_ppm(-12.5).unwrap();
+    run_for(&rig, &mut agent, &mut now, 1);
+    rig.clock.clone().set_rate(Rate::split(-12.5)).unwrap();
     rig.clock.set_disciplined_by(Some("chronyd (pid 300)"));
-    rig.advance(Duration::from_secs(15));
-    agent.tick(Duration::from_secs(60)).unwrap();
+    run_for(&rig, &mut agent, &mut now, 15);
     assert_eq!(rig.clock.frequency(), -12.5, "chronyd's own frequency kept");
 }
 
@@ -293,8 +334,81 @@ fn a_clock_that_cannot_be_slewed_is_left_alone_and_said_so() {
 fn leaving_discipline_keeps_the_learned_rate_only() {
     let rig = Rig::with_host(0x7, 0, 50.0, 0);
     let mut agent = with_mode(&rig, ClockMode::Discipline);
-    sample_for(&rig, &mut agent, 20);
+    run_for(&rig, &mut agent, &mut Duration::ZERO.clone(), 300);
     let learned = agent.snapshot().clock.learned_frequency_ppm.unwrap();
-    agent.reconfigure(agent_config());
-    assert_eq!(rig.clock.frequency_ppm().unwrap(), learned);
+    let mut config = agent_config();
+    config.clock.mode = ClockMode::StepOnRequest;
+    agent.reconfigure(config);
+    assert_eq!(rig.clock.frequency(), learned);
+}
+
+#[test]
+fn discipline_steps_an_offset_beyond_a_millisecond_as_it_starts_then_slews() {
+    for (start, stepped) in [(50_000_000, true), (-120_000_000, true), (400_000, false)] {
+        let rig = Rig::new(0x7, start);
+        let mut agent = with_mode(&rig, ClockMode::Discipline);
+        let mut now = Duration::ZERO;
+        let seen = run_for(&rig, &mut agent, &mut now, 30);
+        let first = seen[0].1.clone();
+        assert_eq!(
+            matches!(first, Some(ClockDecision::SteppedAtStart(_))),
+            stepped,
+            "{start}: {first:?}"
+        );
+        assert!(rig.clock.offset_ns().abs() < 1_000_000, "{start}: {seen:?}");
+        // A later 50 ms jump is slewed through the tick, not stepped.
+        let steps = rig.clock.steps().len();
+        rig.clock.set_offset_ns(50_000_000);
+        let seen = run_for(&rig, &mut agent, &mut now, 30);
+        assert_eq!(rig.clock.steps().len(), steps, "{start}: {seen:?}");
+        assert!(rig.clock.offset_ns().abs() < 1_000_000, "{start}: {seen:?}");
+    }
+}
+
+/// A guest oscillator 2 % off (a clock source without kvm-clock): the
+/// frequency alone cannot follow it; tick and frequency together can,
+/// with no step once the servo holds.
+#[test]
+fn discipline_follows_a_clock_2_percent_off_through_the_tick() {
+    let rig = Rig::with_host(0x7, 0, 20_000.0, 0);
+    let mut agent = with_mode(&rig, ClockMode::Discipline);
+    let mut now = Duration::ZERO;
+    run_for(&rig, &mut agent, &mut now, 120);
+    let steps = rig.clock.steps().len();
+    let late = offsets(&run_for(&rig, &mut agent, &mut now, 600));
+    assert_eq!(
+        rig.clock.steps().len(),
+        steps,
+        "no step after lock: {late:?}"
+    );
+    assert!(late.iter().all(|o| o.abs() < 1_000_000), "{late:?}");
+    let rate = rig.clock.kernel_rate();
+    assert!((rate.total_ppm() - 20_000.0).abs() < 5.0, "{rate:?}");
+    assert_eq!(rate.tick_us, NOMINAL_TICK_US + 200, "{rate:?}");
+    assert_eq!(agent.snapshot().clock.tick_us, Some(rate.tick_us));
+    // Handed over (exit): the tick the kernel had, the frequency its most.
+    agent.exit();
+    assert_eq!(rig.clock.kernel_rate().tick_us, NOMINAL_TICK_US);
+    assert_eq!(
+        rig.clock.kernel_rate().frequency_ppm,
+        crate::MAX_FREQUENCY_PPM
+    );
+}
+
+/// A host clock set back 40 s sends no SYNCRTC; `discipline` follows it at
+/// its next sample, locked or not.
+#[test]
+fn discipline_follows_a_host_clock_set_back_at_the_next_sample() {
+    let rig = Rig::new(0x7, 0);
+    let mut agent = with_mode(&rig, ClockMode::Discipline);
+    let mut now = Duration::ZERO;
+    run_for(&rig, &mut agent, &mut now, 120);
+    assert!(agent.snapshot().clock.locked_since_ns.is_some());
+    rig.vmd().jump_host_clock(-40 * NANOS_PER_SEC);
+    let seen = run_for(&rig, &mut agent, &mut now, 16);
+    assert!(
+        matches!(seen[0].1, Some(ClockDecision::Stepped(_))),
+        "the first sample steps: {seen:?}"
+    );
+    assert!((rig.clock.offset_ns() + 40 * NANOS_PER_SEC).abs() < 1_000_000);
 }

@@ -13,10 +13,17 @@ use crate::fakes::{FakeGuestClock, PowerCall, RecordingPower};
 
 pub(crate) const HOST_START_NS: i64 = 1_900_000_000 * NANOS_PER_SEC;
 
-/// The defaults, for an agent built before the simulated host's time.
+/// The defaults, for an agent built before the simulated host's time, with
+/// the clock policy that steps only when asked: the tests of commands and
+/// samples count steps and register accesses, which `discipline`'s own
+/// steps and slews (tested on their own in `policy_tests`) would add to.
 pub(crate) fn agent_config() -> AgentConfig {
     AgentConfig {
         not_before_sec: 1_800_000_000,
+        clock: ClockPolicy {
+            mode: ClockMode::StepOnRequest,
+            ..ClockPolicy::default()
+        },
         ..AgentConfig::default()
     }
 }

@@ -161,8 +161,8 @@ fn p_device_removed_and_rescanned_agent_recovers() {
 }
 
 #[test]
-fn q_discipline_slews_a_fast_host_and_steps_a_missed_resume() {
-    clock::discipline_slews_a_fast_host_and_steps_a_missed_resume();
+fn q_discipline_converges_from_any_start_and_follows_the_host() {
+    clock::discipline_converges_from_any_start_and_follows_the_host();
 }
 
 // ------------------------------ issue 10 §4 and §5: the ACK under load ----

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use vmd_sim::{SimBar, Vmd, VmdConfig};
 use vmmci_actions::clocksource::{HostCpuid, HypervisorFacts};
 use vmmci_agent::fakes::{FakeGuestClock, PowerCall, RecordingPower};
-use vmmci_agent::PowerAction;
+use vmmci_agent::{ClockMode, PowerAction};
 use vmmci_protocol::{status, Command};
 use vmmci_report::read_status;
 
@@ -44,7 +44,13 @@ impl Running {
 
     /// An agent on a simulator that may already have had one.
     fn start_on(run_dir: &Path, vmd: Arc<Mutex<Vmd>>) -> Running {
-        Running::start_with(run_dir, vmd, Hooks::default(), read_only_clock())
+        Running::start_with(
+            run_dir,
+            vmd,
+            Hooks::default(),
+            read_only_clock(),
+            ClockMode::default(),
+        )
     }
 
     /// With these hooks around the recording power switch, and this
@@ -54,13 +60,15 @@ impl Running {
         vmd: Arc<Mutex<Vmd>>,
         hooks: Hooks,
         clock: FakeGuestClock,
+        mode: ClockMode,
     ) -> Running {
         let bar = SimBar::new(vmd.clone());
         let power = RecordingPower::default();
-        let config = Config {
+        let mut config = Config {
             poll_interval: Duration::from_millis(10),
             ..Config::default()
         };
+        config.clock.mode = mode;
         let agent = Agent::new(
             bar.clone(),
             clock,
@@ -342,7 +350,13 @@ fn a_hanging_before_reboot_hook_delays_neither_the_ack_nor_the_loop() {
     std::fs::write(hooks_dir.join("before-reboot/30-notes"), "not a hook").unwrap();
     let vmd = real_time_vmd();
     let hooks = hooks_in(&hooks_dir, Duration::from_secs(2));
-    let r = Running::start_with(dir.path(), vmd, hooks, read_only_clock());
+    let r = Running::start_with(
+        dir.path(),
+        vmd,
+        hooks,
+        read_only_clock(),
+        ClockMode::default(),
+    );
     r.wait("DRIVER_OK", driver_ok);
 
     r.vmd().vmctl_stop().unwrap();
@@ -406,10 +420,17 @@ fn after_step_hooks_see_the_step_and_never_hold_the_loop() {
     );
     hook(&hooks_dir, "after-step", "10-note", &body);
     let vmd = real_time_vmd();
-    // A guest clock 5 s behind this machine's (only the fake moves).
+    // A guest clock 5 s behind this machine's (only the fake moves), left
+    // alone until the host asks.
     let clock = FakeGuestClock::new(|| SystemClock.now_ns(), -5_000_000_000);
     let hooks = hooks_in(&hooks_dir, Duration::from_secs(3));
-    let r = Running::start_with(dir.path(), vmd, hooks, clock.clone());
+    let r = Running::start_with(
+        dir.path(),
+        vmd,
+        hooks,
+        clock.clone(),
+        ClockMode::StepOnRequest,
+    );
     r.wait("DRIVER_OK", driver_ok);
     assert!(r.vmd().request_syncrtc());
     r.wait("the after-step hook", |_| {
