@@ -167,11 +167,27 @@ impl Servo {
         u
     }
 
-    /// The clock was stepped, someone else had it, or the correction could
-    /// not be set: the next offset does not follow from the last correction.
-    /// The rate learned so far is kept.
+    /// Someone else had the clock, the host's clock jumped (SYNCRTC), or the
+    /// correction could not be set: the next offset does not follow from the
+    /// last correction. The rate learned so far is kept.
     pub fn restart(&mut self) {
         self.last = None;
+        self.unlock();
+    }
+
+    /// The agent stepped the guest clock by `delta_ns` on its own (the
+    /// host's clock did not move): the rate is still measured across the
+    /// step, from the last sample as if it had been taken after it. At a
+    /// fast rate the startup steps would otherwise cost three samples of
+    /// learning.
+    pub fn stepped(&mut self, delta_ns: i64) {
+        if let Some(last) = &mut self.last {
+            last.offset_ns -= delta_ns;
+        }
+        self.unlock();
+    }
+
+    fn unlock(&mut self) {
         self.near = 0;
         self.locked_at = None;
     }

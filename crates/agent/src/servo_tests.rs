@@ -179,6 +179,27 @@ fn a_jump_of_the_clock_is_not_taken_for_a_new_rate() {
 }
 
 #[test]
+fn the_rate_is_measured_across_the_agents_own_step() {
+    // 2 % off and 40 ms behind at the second sample: a startup step, yet
+    // the third sample already knows the rate.
+    let mut m = Model::new(20_000.0, 0.0);
+    let mut servo = Servo::new(0.0);
+    let mut now = Duration::ZERO;
+    m.applied_ppm = servo.update(&m.sample(), now, FIFTEEN);
+    m.advance(2.0);
+    now += FAST_INTERVAL;
+    let s = m.sample();
+    assert!(servo.wants_startup_step(&s));
+    let delta = s.offset_ns();
+    m.guest_ns += delta as f64;
+    servo.stepped(delta);
+    m.advance(2.0);
+    now += FAST_INTERVAL;
+    servo.update(&m.sample(), now, FIFTEEN);
+    assert!((servo.rate_ppm() - 20_000.0).abs() < 1.0, "{servo:?}");
+}
+
+#[test]
 fn steps_only_early_and_only_beyond_a_millisecond_and_the_bound() {
     let mut servo = Servo::new(0.0);
     let mut m = Model::new(0.0, 500_000.0);

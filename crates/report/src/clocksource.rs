@@ -213,6 +213,21 @@ mod tests {
     }
 
     #[test]
+    fn a_drift_beyond_the_frequency_range_blames_the_clock_source() {
+        let c = source("tsc", &["tsc"]).advise(Some(20_000.0));
+        assert_eq!(c.advice.len(), 1, "{:?}", c.advice);
+        let a = &c.advice[0];
+        assert!(
+            a.contains("+20000 ppm") && a.contains("through the tick"),
+            "{a}"
+        );
+        assert!(
+            a.contains("the clock source (tsc) is the thing to fix"),
+            "{a}"
+        );
+    }
+
+    #[test]
     fn the_drift_rate_comes_from_the_history_after_the_last_step() {
         let point = |at_s: i64, offset_us: i64| DriftEntry {
             at_ns: at_s * 1_000_000_000,

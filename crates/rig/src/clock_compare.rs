@@ -2,11 +2,12 @@
 //! once, each behind its own simulated host whose clock runs 50 ppm fast
 //! with ±20 µs of read noise, and one +90 s suspend half way through:
 //!
-//! - `step-on-request`: a busybox guest, the agent at its defaults;
+//! - `step-on-request`: a busybox guest, `--clock-mode step-on-request`;
 //! - `discipline`: a busybox guest, `--clock-mode discipline`, defaults
 //!   otherwise (a sample every 15 s);
 //! - chrony: the Debian 12 image, chronyd with vmmci's SOCK refclock as its
-//!   only source (a sample every 2 s), the agent at `step-on-request`.
+//!   only source (a sample every 2 s), the agent at its defaults (it
+//!   stands back for chronyd).
 //!
 //! All three start from a stepped clock (`vmmci sync`; chrony's makestep)
 //! and get a minute to settle. Then, every 10 s, the clock probe measures
@@ -29,7 +30,8 @@ const HOST: HostClockError = HostClockError {
     ppm: 50.0,
     jitter_ns: 20_000,
 };
-const EVERY: Duration = Duration::from_secs(10);
+/// How often the clock probe measures each guest.
+pub(crate) const EVERY: Duration = Duration::from_secs(10);
 const SETTLE: Duration = Duration::from_secs(60);
 const GUEST_PROBE: &str = "/usr/local/bin/rig-clockprobe";
 
@@ -72,13 +74,47 @@ pub struct Comparison {
     pub runs: Vec<PolicyRun>,
 }
 
-enum Subject {
+/// A guest whose clock is measured: a busybox guest with the agent, or the
+/// Debian 12 image (chrony).
+pub(crate) enum Subject {
     Busybox(Booted),
     Distro(Distro),
 }
 
 impl Subject {
-    fn vm(&self) -> &Vm {
+    /// A busybox guest with the agent (`args`), behind a host clock `host`,
+    /// booted to DRIVER_OK.
+    pub(crate) fn busybox(
+        kernel: &str,
+        args: Option<&str>,
+        host: HostClockError,
+        tag: &str,
+    ) -> Result<Subject, RigError> {
+        let mut g = Guest::agent().host_clock(host.ppm, host.jitter_ns);
+        if let Some(a) = args {
+            g = g.args(a);
+        }
+        let b = guest::boot(kernel, &g, tag)?;
+        b.driver_ok(Duration::from_secs(60))?;
+        Ok(Subject::Busybox(b))
+    }
+
+    /// The Debian 12 image behind a host clock `host`, chrony installed and
+    /// started as a user has it (its SOCK refclock fed by the agent).
+    pub(crate) fn chrony(host: HostClockError, tag: &str) -> Result<Subject, RigError> {
+        let img = Image::locate()?;
+        let probe_bin = artifacts::static_bin("rig-clockprobe")?;
+        let mut o = BootOptions::new(tag);
+        o.host_clock = host;
+        o.prepare = Some(Box::new(move |disk| {
+            distro::install_file(disk, &probe_bin, GUEST_PROBE)
+        }));
+        let d = distro::boot(&img, o)?;
+        d.start_chrony_as_installed()?;
+        Ok(Subject::Distro(d))
+    }
+
+    pub(crate) fn vm(&self) -> &Vm {
         match self {
             Subject::Busybox(b) => &b.vm,
             Subject::Distro(d) => &d.vm,
@@ -91,42 +127,33 @@ impl Subject {
         }
     }
     /// The points of one probe.
-    fn probe(&self) -> Result<Vec<ProbeSample>, RigError> {
+    pub(crate) fn probe(&self) -> Result<Vec<ProbeSample>, RigError> {
         guest::probe_points(self.vm(), self.probe_prog(), 3)
     }
-    fn steps(&self) -> Result<u64, RigError> {
-        let st = guest::agent_status(self.vm())?;
+    pub(crate) fn status(&self) -> Result<vmmci_report::Status, RigError> {
+        guest::agent_status(self.vm())
+    }
+    pub(crate) fn steps(&self) -> Result<u64, RigError> {
+        let st = self.status()?;
         Ok(st.clock.steps_requested + st.clock.steps_periodic)
     }
 }
 
 pub fn compare(kernel: &str, minutes: u64) -> Result<Comparison, RigError> {
     let busybox = |args: &str, tag: &str| -> Result<Subject, RigError> {
-        let g = Guest::agent()
-            .args(args)
-            .host_clock(HOST.ppm, HOST.jitter_ns);
-        let b = guest::boot(kernel, &g, tag)?;
-        b.driver_ok(Duration::from_secs(60))?;
-        b.vm.run("vmmci sync", Duration::from_secs(30))?;
-        Ok(Subject::Busybox(b))
+        let s = Subject::busybox(kernel, Some(args), HOST, tag)?;
+        s.vm().run("vmmci sync", Duration::from_secs(30))?;
+        Ok(s)
     };
     eprintln!("clock comparison: booting three guests (host clock +50 ppm, ±20 µs)");
-    let step_on_request = busybox("daemon", "cmp-step")?;
+    let step_on_request = busybox("daemon --clock-mode step-on-request", "cmp-step")?;
     let discipline = busybox("daemon --clock-mode discipline", "cmp-discipline")?;
-    let img = Image::locate()?;
-    let probe_bin = artifacts::static_bin("rig-clockprobe")?;
-    let mut o = BootOptions::new("cmp-chrony");
-    o.host_clock = HOST;
-    o.prepare = Some(Box::new(move |disk| {
-        distro::install_file(disk, &probe_bin, GUEST_PROBE)
-    }));
-    let d = distro::boot(&img, o)?;
     // As a user has it: chrony installed, the agent and chrony at defaults.
-    d.start_chrony_as_installed()?;
+    let chrony = Subject::chrony(HOST, "cmp-chrony")?;
     let subjects = [
         ("step-on-request", step_on_request),
         ("discipline", discipline),
-        ("chrony SOCK refclock", Subject::Distro(d)),
+        ("chrony SOCK refclock", chrony),
     ];
     eprintln!("settling for {} s", SETTLE.as_secs());
     std::thread::sleep(SETTLE);

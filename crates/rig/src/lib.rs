@@ -6,6 +6,7 @@
 pub mod artifacts;
 pub mod clock;
 pub mod clock_compare;
+pub mod clock_rates;
 pub mod distro;
 pub mod events;
 pub mod figures;

@@ -104,19 +104,28 @@ pub fn run(config: &Config, args: ProbeArgs) -> Result<ExitCode, CliError> {
         ),
         Err(e) => println!("host time: unusable: {e}"),
     }
-    print_clock_source();
+    // The rate a running agent has learned says how bad the clock source
+    // is; one sample here cannot.
+    let learned = vmmci_report::read_status(&config.run_dir)
+        .ok()
+        .and_then(|s| s.clock.learned_frequency_ppm);
+    if let Some(ppm) = learned {
+        println!("drift:     {ppm:+.3} ppm, as the running agent learned it");
+    }
+    print_clock_source(learned);
     Ok(ExitCode::SUCCESS)
 }
 
-/// The guest's clock source, what the host offers, and advice.
-fn print_clock_source() {
+/// The guest's clock source, what the host offers, and advice (with the
+/// drift rate, when known).
+fn print_clock_source(drift_ppm: Option<f64>) {
     let hypervisor = HypervisorFacts::read(&HostCpuid);
     let c = clocksource::read(
         SYSFS_CLOCKSOURCE.as_ref(),
         PROC_CPUINFO.as_ref(),
         &hypervisor,
     )
-    .advise(None);
+    .advise(drift_ppm);
     println!("clock:     source {}", c.summary());
     for a in &c.advice {
         println!("advice:    {a}");

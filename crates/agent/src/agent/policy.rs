@@ -216,11 +216,17 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
             self.drift.record(DriftPoint::from(&s));
             s.offset_ns()
         });
-        self.servo.restart();
         self.clock_report.locked_since_ns = None;
         match cause {
-            StepCause::Request => self.clock_report.steps_requested += 1,
-            StepCause::Periodic => self.clock_report.steps_periodic += 1,
+            StepCause::Request => {
+                // The host's clock jumped (a resume): nothing to learn across.
+                self.servo.restart();
+                self.clock_report.steps_requested += 1;
+            }
+            StepCause::Periodic => {
+                self.servo.stepped(offset);
+                self.clock_report.steps_periodic += 1;
+            }
         }
         let record = StepRecord {
             cause,

@@ -28,6 +28,7 @@
 
 mod cells;
 mod provenance;
+mod rates;
 mod readme;
 mod results;
 mod tables;

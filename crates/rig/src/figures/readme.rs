@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::{newest, results_dir, sections};
 
 /// The README's generated sections, in the order they appear.
-pub const SECTIONS: [&str; 4] = ["main", "clock", "window", "load"];
+pub const SECTIONS: [&str; 5] = ["main", "clock", "rates", "window", "load"];
 
 /// The README as the newest results in `<repo>/bench/results` make it, and
 /// which file that was.

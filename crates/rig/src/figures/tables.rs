@@ -21,6 +21,7 @@ pub fn sections(file: &str, r: &Value) -> Result<Vec<(&'static str, String)>, St
     Ok(vec![
         ("main", main_section(file, r)?),
         ("clock", clock_section(file, r)?),
+        ("rates", super::rates::rates_section(file, r)?),
         ("window", window_section(file, r)?),
         ("load", load_section(file, r)?),
     ])

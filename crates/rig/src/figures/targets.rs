@@ -24,6 +24,16 @@ pub const IDLE_USER_MAX_PERCENT: f64 = 0.1;
 pub const RESIDUAL_MAX_MS: f64 = 1.0;
 /// Clock policies: |guest − host| over the run, `discipline` and chrony.
 pub const HELD_MAX_MS: f64 = 5.0;
+/// `discipline` across host rates: |guest − host| (p99 where n ≥ 100, else
+/// max) within ±[`RATE_SLOW_PPM`] …
+pub const RATE_SLOW_MAX_MS: f64 = 1.0;
+pub const RATE_SLOW_PPM: f64 = 200.0;
+/// … and beyond, up to the 20,000 ppm measured.
+pub const RATE_FAST_MAX_MS: f64 = 5.0;
+/// Boot (DRIVER_OK) to the lock, s.
+pub const LOCK_MAX_S: f64 = 30.0;
+/// The agent's samples that see a 40 s set-back before it is stepped.
+pub const SET_BACK_MAX_SAMPLES: f64 = 2.0;
 
 /// Which number of a figure a target holds.
 #[derive(Clone, Copy)]
@@ -152,6 +162,75 @@ pub fn checks(r: &Value) -> Result<Vec<Check>, String> {
         hold(path, what, Limit::own(held, max, unit))?;
     }
     out.extend(clock_checks(r)?);
+    out.extend(rates_checks(r)?);
+    Ok(out)
+}
+
+/// `discipline` at each host rate (chrony's runs beside it are figures,
+/// not held): |guest − host|, no step after the lock, the lock time, and
+/// the set-back.
+fn rates_checks(r: &Value) -> Result<Vec<Check>, String> {
+    let runs = r.pointer("/rates/runs").and_then(Value::as_array);
+    let mut out = vec![];
+    for run in runs.into_iter().flatten() {
+        if run.get("policy").and_then(Value::as_str) != Some("discipline") {
+            continue;
+        }
+        let ppm = run.get("ppm").and_then(Value::as_f64).unwrap_or(f64::NAN);
+        let max_ms = if ppm.abs() <= RATE_SLOW_PPM {
+            RATE_SLOW_MAX_MS
+        } else {
+            RATE_FAST_MAX_MS
+        };
+        let at = format!("discipline, host {ppm:+} ppm");
+        if let Some(f) = fig(run, &["residual_ns"])? {
+            let held = Limit::ns_as_ms(AbsTail, max_ms);
+            out.push(held.check(&format!("{at}: |guest - host|"), &f));
+        }
+        let number = |key: &str| run.get(key).and_then(Value::as_f64);
+        if let Some(steps) = number("steps_after_lock") {
+            out.push(Check::at_most(
+                &format!("{at}: steps after the lock"),
+                1,
+                "",
+                steps,
+                0.0,
+                "steps",
+            ));
+        }
+        if let Some(hi) = run.pointer("/lock_s/1").and_then(Value::as_f64) {
+            out.push(Check::at_most(
+                &format!("{at}: DRIVER_OK -> locked"),
+                1,
+                "by",
+                hi,
+                LOCK_MAX_S,
+                "s",
+            ));
+        }
+        if let Some(n) = number("set_back_samples") {
+            let what = format!("{at}: samples before a 40 s set-back is stepped");
+            out.push(Check::at_most(
+                &what,
+                1,
+                "",
+                n,
+                SET_BACK_MAX_SAMPLES,
+                "samples",
+            ));
+        }
+        if let Some(x) = number("after_set_back_ns") {
+            let what = format!("{at}: |guest - host| 30 s after the set-back");
+            out.push(Check::at_most(
+                &what,
+                1,
+                "at",
+                x.abs() / 1e6,
+                RESIDUAL_MAX_MS,
+                "ms",
+            ));
+        }
+    }
     Ok(out)
 }
 

@@ -99,3 +99,61 @@ fn sections_say_what_is_missing() {
     assert!(get("load").contains("| busybox guests"));
     assert!(!get("main").contains("p99"), "no p99 from 3 points");
 }
+
+/// One `discipline` run and chrony's beside it, as the `rates` part writes
+/// them.
+fn rates_sample() -> Value {
+    let run = |policy: &str, mids: &[f64]| {
+        json!({
+            "ppm": 20000.0,
+            "policy": policy,
+            "residual_ns": signed_figure("ns", mids),
+            "width_ns": figure("ns", &[100_000.0]),
+            "lock_s": if policy == "discipline" { json!([6.0, 7.5]) } else { Value::Null },
+            "steps_after_lock": if policy == "discipline" { json!(0) } else { Value::Null },
+            "set_back_samples": if policy == "discipline" { json!(1) } else { Value::Null },
+            "after_set_back_ns": -120_000,
+            "note": "learned rate +20000.000 ppm",
+        })
+    };
+    let mut r = sample();
+    r["rates"] = json!({
+        "minutes": 2,
+        "runs": [run("discipline", &[-300_000.0, 4_000_000.0]), run("chrony SOCK refclock", &[9e9])],
+    });
+    r
+}
+
+#[test]
+fn rates_are_held_to_their_targets_chronys_are_not() {
+    let mut r = rates_sample();
+    let rates = |r: &Value| -> Vec<Check> {
+        checks(r)
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.what.contains("discipline, host +20000 ppm"))
+            .collect()
+    };
+    let held = rates(&r);
+    assert_eq!(held.len(), 5, "{held:?}");
+    assert!(held.iter().all(|c| c.ok), "{held:?}");
+    assert!(checks(&r)
+        .unwrap()
+        .iter()
+        .all(|c| !c.what.contains("chrony")));
+    r["rates"]["runs"][0]["residual_ns"] = signed_figure("ns", &[5_100_000.0]);
+    r["rates"]["runs"][0]["steps_after_lock"] = json!(1);
+    r["rates"]["runs"][0]["lock_s"] = json!([29.0, 31.0]);
+    r["rates"]["runs"][0]["set_back_samples"] = json!(3);
+    let missed = rates(&r).iter().filter(|c| !c.ok).count();
+    assert_eq!(missed, 4);
+
+    let s = sections("x.json", &rates_sample()).unwrap();
+    let table = &s.iter().find(|(k, _)| *k == "rates").unwrap().1;
+    assert!(
+        table.contains("| 20000 ppm | `discipline` | 2 | 2.150 | max 4.000 | 6.0–7.5 s | 0 | 1, −0.120 ms | yes |"),
+        "{table}"
+    );
+    assert!(table.contains("`chrony SOCK refclock` | 1 |"), "{table}");
+    assert!(table.contains("(not held)"), "{table}");
+}

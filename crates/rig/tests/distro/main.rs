@@ -26,6 +26,7 @@ mod openrc;
 mod shutdown;
 mod standback;
 mod systemd;
+mod timedaemons;
 
 // ----------------------------------------------------------- systemd ----
 
@@ -119,4 +120,9 @@ fn a_chronyd_with_unreachable_servers_and_no_refclock_holds_the_agent_back() {
 #[test]
 fn b_chronyd_killed_pid_file_left_the_agent_disciplines_at_the_next_sample() {
     standback::b_chronyd_killed_pid_file_left_the_agent_disciplines_at_the_next_sample();
+}
+
+#[test]
+fn c_discipline_stands_back_for_every_time_daemon() {
+    timedaemons::discipline_stands_back_for_every_time_daemon();
 }

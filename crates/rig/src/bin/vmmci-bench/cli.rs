@@ -1,7 +1,7 @@
 //! The command line: counts, parts, and where the results go.
 
 /// Every part, in the order they run.
-pub const PARTS: [&str; 5] = ["basic", "clock", "window", "load", "distro"];
+pub const PARTS: [&str; 6] = ["basic", "clock", "rates", "window", "load", "distro"];
 
 pub struct Args {
     pub json: Option<String>,
@@ -13,6 +13,12 @@ pub struct Args {
     pub idle_secs: u64,
     pub kernel: String,
     pub clock_minutes: u64,
+    /// Minutes of `discipline` at each host rate (0: no `rates` part).
+    pub rates_minutes: u64,
+    /// The host rates, ppm.
+    pub rates_ppm: Vec<f64>,
+    /// chronyd beside each rate's agent guest.
+    pub rates_chrony: bool,
     /// Boots of each distro image for the boot window.
     pub window_boots: usize,
     /// Loaded `vmctl stop`s (one busybox boot each).
@@ -22,15 +28,17 @@ pub struct Args {
     pub distro_stops: usize,
     pub openrc_stops: usize,
     pub distro_load_stops: usize,
-    /// Parts to run (`basic`, `clock`, `window`, `load`, `distro`); all when unset.
+    /// Parts to run (`basic`, `clock`, `rates`, `window`, `load`, `distro`); all when unset.
     pub only: Option<Vec<String>>,
 }
 
 const USAGE: &str = "usage: vmmci-bench [--json FILE] [--save] [--short] [--check] [--stops 20] [--resumes 10] \
-[--idle-secs 60] [--kernel bookworm-cloud] [--clock-minutes 10] [--window-boots 2] [--load-stops 10] \
+[--idle-secs 60] [--kernel bookworm-cloud] [--clock-minutes 10] [--rates-minutes 10] \
+[--rates-ppm 0,50,-200,2000,20000] [--no-rates-chrony] [--window-boots 2] [--load-stops 10] \
 [--distro-stops 10] [--openrc-stops 3] [--distro-load-stops 3] [--only PART[,PART...]]
-parts: basic (stops, resumes, idle), clock, window, load, distro
---short: --stops 5 --resumes 3 --idle-secs 0 --load-stops 3 --only basic,load (later flags override)
+parts: basic (stops, resumes, idle), clock, rates, window, load, distro
+--short: --stops 5 --resumes 3 --idle-secs 0 --load-stops 3 --rates-minutes 2 --rates-ppm 20000
+  --no-rates-chrony --only basic,rates,load (later flags override)
 --check: exit 1 when a figure misses its target (vmmci_rig::figures::checks)
 results: a full run writes bench/results/<UTC date>-<short rev>.json; a run with --only or
 --short only with --save; --json FILE writes FILE instead (and bench/results too with --save). Then: cargo run -p vmmci-rig --bin vmmci-figures";
@@ -47,6 +55,9 @@ impl Default for Args {
             idle_secs: 60,
             kernel: "bookworm-cloud".into(),
             clock_minutes: 10,
+            rates_minutes: 10,
+            rates_ppm: vmmci_rig::clock_rates::RATES_PPM.to_vec(),
+            rates_chrony: true,
             window_boots: 2,
             load_stops: 10,
             distro_stops: 10,
@@ -66,6 +77,7 @@ impl Args {
             .filter(|p| self.only.as_ref().is_none_or(|o| o.iter().any(|x| x == p)))
             .filter(|&p| match p {
                 "clock" => self.clock_minutes > 0,
+                "rates" => self.rates_minutes > 0 && !self.rates_ppm.is_empty(),
                 "window" => self.window_boots > 0,
                 "load" => self.load_stops > 0,
                 "distro" => self.distro_stops + self.openrc_stops + self.distro_load_stops > 0,
@@ -80,6 +92,19 @@ impl Args {
         self.save || (self.only.is_none() && !self.short && self.json.is_none())
     }
 
+    /// What the `rates` part runs.
+    pub fn rates_plan(&self) -> vmmci_rig::clock_rates::RatesPlan {
+        vmmci_rig::clock_rates::RatesPlan {
+            kernel: self.kernel.clone(),
+            rates_ppm: self.rates_ppm.clone(),
+            minutes: self.rates_minutes,
+            chrony: self.rates_chrony,
+            // Three rates (six VMs) at once at the most: the probe visits
+            // each every 10 s.
+            batch: if self.rates_chrony { 3 } else { 5 },
+        }
+    }
+
     /// `--short`'s counts and parts.
     fn short_run(&mut self) {
         self.short = true;
@@ -87,7 +112,10 @@ impl Args {
         self.resumes = 3;
         self.idle_secs = 0;
         self.load_stops = 3;
-        self.only = Some(vec!["basic".into(), "load".into()]);
+        self.rates_minutes = 2;
+        self.rates_ppm = vec![20_000.0];
+        self.rates_chrony = false;
+        self.only = Some(vec!["basic".into(), "rates".into(), "load".into()]);
     }
 }
 
@@ -113,6 +141,14 @@ pub fn parse() -> Result<Args, String> {
             "--idle-secs" => num!(idle_secs),
             "--kernel" => a.kernel = value()?,
             "--clock-minutes" => num!(clock_minutes),
+            "--rates-minutes" => num!(rates_minutes),
+            "--rates-ppm" => {
+                a.rates_ppm = value()?
+                    .split(',')
+                    .map(|x| x.parse::<f64>().map_err(|e| format!("{flag}: {x}: {e}")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--no-rates-chrony" => a.rates_chrony = false,
             "--window-boots" => num!(window_boots),
             "--load-stops" => num!(load_stops),
             "--distro-stops" => num!(distro_stops),

@@ -14,6 +14,13 @@
 //!   (busybox guests, agent defaults otherwise) and chronyd fed by the SOCK
 //!   refclock (the Debian 12 image); guest − host measured every 10 s by
 //!   the clock probe, not by the agent.
+//! - discipline across host rates (`--rates-minutes`, 10 by default): for
+//!   host clocks 0, +50, −200, +2,000 and +20,000 ppm fast, a busybox guest
+//!   with the agent at its defaults and chronyd beside it (the Debian 12
+//!   image, SOCK refclock): time to lock, guest − host every 10 s by the
+//!   clock probe, steps after the lock, then the host clock set back 40 s
+//!   (no SYNCRTC): the agent's samples until its step, and the offset 30 s
+//!   on (`vmmci_rig::clock_rates`).
 //! - boot window (`--window-boots`, 1 by default): in the Debian 12 images
 //!   (systemd, and sysvinit + OpenRC), kernel start → DRIVER_OK (until then
 //!   `vmctl stop` ends the VM at once) beside the moment the old kernel
@@ -39,12 +46,13 @@
 //! writes FILE instead.
 //!
 //! `--short`: a few minutes of QEMU (5 stops, 3 resumes, 3 loaded stops, no
-//! idle period), for `scripts/test`. `--check`: exit 1 when a figure misses
+//! idle period, 2 minutes of `discipline` behind a host 20,000 ppm fast),
+//! for `scripts/test`. `--check`: exit 1 when a figure misses
 //! its target (`vmmci_rig::figures::checks`: the ACK within poll interval +
 //! 100 ms idle and 3 s under load, |residual| after a resume ≤ 1 ms, ...);
 //! any stop that does not end clean fails the run anyway.
 //!
-//! One file per part: `basic.rs`, `clock.rs`, `window.rs`, `load.rs`,
+//! One file per part: `basic.rs`, `clock.rs`, `rates.rs`, `window.rs`, `load.rs`,
 //! `distro.rs`; the command line in `cli.rs`, the results file in
 //! `record.rs`, what every timed stop must show in `clean_stop.rs`.
 
@@ -54,6 +62,7 @@ mod cli;
 mod clock;
 mod distro;
 mod load;
+mod rates;
 mod record;
 mod window;
 
@@ -114,6 +123,7 @@ fn measure(part: &str, args: &Args) -> Result<Value, RigError> {
     match part {
         "basic" => basic::measure(args),
         "clock" => clock::measure(&args.kernel, args.clock_minutes),
+        "rates" => rates::measure(&args.rates_plan()),
         "window" => window::measure(args.window_boots),
         "load" => load::measure(&args.kernel, args.load_stops),
         "distro" => distro::measure(args),
