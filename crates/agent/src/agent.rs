@@ -233,6 +233,7 @@ impl<B: RegisterIo, C: GuestClock, P: Power> Agent<B, C, P> {
             // Leaving `discipline`: keep the learned rate, drop the part
             // that was removing the last offset.
             self.hand_over_clock();
+            self.clock_report.locked_since_ns = None;
         } else if will && !was {
             // Starting it: from the kernel's correction now, and with the
             // steps a start allows.

@@ -32,7 +32,7 @@ struct ClockState {
 }
 
 impl ClockState {
-    /// What the frequency correction has added since its anchor.
+    /// What the rate correction has added since its anchor.
     fn slewed_ns(&self, base_ns: i64) -> i64 {
         self.anchor_ns.map_or(0, |a| {
             ((base_ns - a) as f64 * self.rate.total_ppm() * 1e-6).round() as i64

@@ -129,7 +129,7 @@ pub type Handled = CommandRecord;
 /// What the clock policy did with a periodic sample.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ClockDecision {
-    /// `discipline`: the frequency correction was set to this.
+    /// `discipline`: the rate correction (tick and frequency) was set to this.
     Slewed { offset_ns: i64, frequency_ppm: f64 },
     /// `discipline`: the offset was beyond the threshold.
     Stepped(StepRecord),

@@ -133,6 +133,30 @@ impl Subject {
     pub(crate) fn status(&self) -> Result<vmmci_report::Status, RigError> {
         guest::agent_status(self.vm())
     }
+    /// What the run ends with: chrony's reference and frequency, or the
+    /// rate the agent learned.
+    pub(crate) fn note(&self) -> Result<String, RigError> {
+        Ok(match self {
+            Subject::Distro(d) => d
+                .sh(
+                    "chronyc -n tracking | grep -E '^(Reference|Frequency)'",
+                    Duration::from_secs(30),
+                )?
+                .replace('\n', "; "),
+            Subject::Busybox(_) => {
+                let c = self.status()?.clock;
+                let tick = c
+                    .tick_us
+                    .map(|t| format!(", tick {t} µs"))
+                    .unwrap_or_default();
+                match c.learned_frequency_ppm {
+                    Some(f) => format!("learned rate {f:+.3} ppm{tick}, {} slews", c.slews),
+                    None => "no slewing".into(),
+                }
+            }
+        })
+    }
+
     pub(crate) fn steps(&self) -> Result<u64, RigError> {
         let st = self.status()?;
         Ok(st.clock.steps_requested + st.clock.steps_periodic)
@@ -207,21 +231,7 @@ pub fn compare(kernel: &str, minutes: u64) -> Result<Comparison, RigError> {
     }
     let mut runs = Vec::new();
     for (i, (name, s)) in subjects.iter().enumerate() {
-        let note = match s {
-            Subject::Distro(d) => d
-                .sh(
-                    "chronyc -n tracking | grep -E '^(Reference|Frequency)'",
-                    Duration::from_secs(30),
-                )?
-                .replace('\n', "; "),
-            Subject::Busybox(_) => {
-                let st = guest::agent_status(s.vm())?;
-                match st.clock.learned_frequency_ppm {
-                    Some(f) => format!("learned rate {f:+.3} ppm, {} slews", st.clock.slews),
-                    None => "no slewing".into(),
-                }
-            }
-        };
+        let note = s.note()?;
         runs.push(PolicyRun {
             name,
             points: points[i].clone(),

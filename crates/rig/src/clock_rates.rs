@@ -165,26 +165,7 @@ fn run_batch(plan: &RatesPlan, rates: &[f64]) -> Result<Vec<RateRun>, RigError> 
             m.policy,
             clock::describe(&p)
         );
-        let note = match &m.subject {
-            Subject::Distro(d) => d
-                .sh(
-                    "chronyc -n tracking | grep -E '^(Reference|Frequency)'",
-                    Duration::from_secs(30),
-                )?
-                .replace('\n', "; "),
-            Subject::Busybox(_) => {
-                let c = m.subject.status()?.clock;
-                let tick = c
-                    .tick_us
-                    .map(|t| format!(", tick {t} µs"))
-                    .unwrap_or_default();
-                format!(
-                    "learned rate {:+.3} ppm{tick}, {} slews",
-                    c.learned_frequency_ppm.unwrap_or(f64::NAN),
-                    c.slews
-                )
-            }
-        };
+        let note = m.subject.note()?;
         runs.push(RateRun {
             ppm: m.ppm,
             policy: m.policy,

@@ -336,10 +336,16 @@ fn leaving_discipline_keeps_the_learned_rate_only() {
     let mut agent = with_mode(&rig, ClockMode::Discipline);
     run_for(&rig, &mut agent, &mut Duration::ZERO.clone(), 300);
     let learned = agent.snapshot().clock.learned_frequency_ppm.unwrap();
+    assert!(agent.snapshot().clock.locked_since_ns.is_some());
     let mut config = agent_config();
     config.clock.mode = ClockMode::StepOnRequest;
     agent.reconfigure(config);
     assert_eq!(rig.clock.frequency(), learned);
+    assert_eq!(
+        agent.snapshot().clock.locked_since_ns,
+        None,
+        "no lock shown"
+    );
 }
 
 #[test]

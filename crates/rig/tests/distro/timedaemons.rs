@@ -6,7 +6,8 @@
 //! own packages (`scripts/rig/fetch-time-daemons.sh`) and started as their
 //! packages start them. With each running, the agent stands back at its
 //! next sample and sets no rate; stopped cleanly (and removed, for the
-//! next), it disciplines again at its next sample.
+//! next), it disciplines again at its next sample. With none, the clock
+//! probe finds the guest within 1 ms of the host.
 //!
 //! The guest has no network: every daemon runs with sources it cannot
 //! reach, as at boot before the network is up; `docs/clock.md` says why a
@@ -20,14 +21,16 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use vmmci_rig::artifacts;
 use vmmci_rig::distro::{self, BootOptions, Distro};
+use vmmci_rig::{artifacts, clock, guest, units};
 
 use crate::common::*;
 
 /// The agent's sample interval once locked (the default), plus a TCG
 /// guest's slack for a status read.
 const NEXT_SAMPLE: Duration = Duration::from_secs(15 + 20);
+/// Where the clock probe goes in the image.
+const PROBE: &str = "/usr/local/bin/rig-clockprobe";
 
 struct Daemon {
     /// What the agent's status names (`disciplined_by` starts with it).
@@ -113,13 +116,14 @@ fn time_daemon_debs() -> Vec<PathBuf> {
 pub fn discipline_stands_back_for_every_time_daemon() {
     let _g = serial();
     let debs = time_daemon_debs();
+    let probe = must(artifacts::static_bin("rig-clockprobe"), "the clock probe");
     let mut o = BootOptions::new("timedaemons");
     o.prepare = Some(Box::new(move |disk| {
         for deb in &debs {
             let name = deb.file_name().and_then(|n| n.to_str()).unwrap_or("x.deb");
             distro::install_file(disk, deb, &format!("/root/{name}"))?;
         }
-        Ok(())
+        distro::install_file(disk, &probe, PROBE)
     }));
     let d = boot(&image(), o);
     let st = wait_status(
@@ -134,6 +138,13 @@ pub fn discipline_stands_back_for_every_time_daemon() {
         st.clock.slews,
         st.clock.learned_frequency_ppm.unwrap_or(f64::NAN)
     );
+    // With no other daemon, the clock is held to the host within 1 ms.
+    let held = clock::check_within(5, 0, units::MS, 5, Duration::from_secs(1), |n| {
+        guest::probe_points(&d.vm, PROBE, n as u32)
+    });
+    let held = must(held, "clock probe");
+    eprintln!("  no other time daemon: {}", held.summary());
+    assert!(held.passed(), "{}\n{}", held.summary(), d.dump());
     for daemon in &DAEMONS {
         stands_back_then_disciplines(&d, daemon);
     }

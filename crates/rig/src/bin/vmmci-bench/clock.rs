@@ -1,8 +1,8 @@
 //! Part `clock`: the clock policies side by side (`vmmci_rig::clock_compare`
 //! runs them), printed and as JSON.
 
-use serde_json::{json, Value};
-use vmmci_rig::clock_compare::{self, Comparison};
+use serde_json::{json, Map, Value};
+use vmmci_rig::clock_compare::{self, Comparison, RunPoint};
 use vmmci_rig::figures::{figure, signed_figure};
 use vmmci_rig::RigError;
 
@@ -20,23 +20,12 @@ fn comparison_json(c: &Comparison) -> Value {
         .runs
         .iter()
         .map(|r| {
-            let mids: Vec<f64> = r.points.iter().map(|p| p.mid_ns() as f64).collect();
-            let widths: Vec<f64> = r.points.iter().map(|p| p.width_ns() as f64).collect();
-            // Per point: [seconds into the run, midpoint ns, width ns].
-            let points: Vec<Value> = r
-                .points
-                .iter()
-                .map(|p| json!([p.at_s, p.mid_ns(), p.width_ns()]))
-                .collect();
-            json!({
-                "policy": r.name,
-                "residual_ns": signed_figure("ns", &mids),
-                "width_ns": figure("ns", &widths),
-                "points": points,
-                "after_resume_ns": r.after_resume_ns,
-                "steps": r.steps,
-                "note": r.note,
-            })
+            let mut run = points_json(&r.points);
+            run.insert("policy".into(), json!(r.name));
+            run.insert("after_resume_ns".into(), json!(r.after_resume_ns));
+            run.insert("steps".into(), json!(r.steps));
+            run.insert("note".into(), json!(r.note));
+            Value::Object(run)
         })
         .collect();
     json!({
@@ -47,4 +36,21 @@ fn comparison_json(c: &Comparison) -> Value {
         "suspend_s": 90,
         "runs": runs,
     })
+}
+
+/// A run's probe points: `residual_ns` (the midpoints) and `width_ns` as
+/// figures, and every point as `[seconds into the run, midpoint ns, width
+/// ns]`.
+pub fn points_json(points: &[RunPoint]) -> Map<String, Value> {
+    let mids: Vec<f64> = points.iter().map(|p| p.mid_ns() as f64).collect();
+    let widths: Vec<f64> = points.iter().map(|p| p.width_ns() as f64).collect();
+    let raw: Vec<Value> = points
+        .iter()
+        .map(|p| json!([p.at_s, p.mid_ns(), p.width_ns()]))
+        .collect();
+    let mut m = Map::new();
+    m.insert("residual_ns".into(), signed_figure("ns", &mids));
+    m.insert("width_ns".into(), figure("ns", &widths));
+    m.insert("points".into(), json!(raw));
+    m
 }

@@ -3,8 +3,10 @@
 
 use serde_json::{json, Value};
 use vmmci_rig::clock_rates::{self, RateRun, RatesPlan, JITTER_NS, SET_BACK_NS};
-use vmmci_rig::figures::{figure, signed_figure, P99_MIN_N};
+use vmmci_rig::figures::P99_MIN_N;
 use vmmci_rig::RigError;
+
+use crate::clock::points_json;
 
 pub fn measure(plan: &RatesPlan) -> Result<Value, RigError> {
     let runs = clock_rates::run(plan)?;
@@ -19,32 +21,25 @@ pub fn measure(plan: &RatesPlan) -> Result<Value, RigError> {
 }
 
 fn run_json(r: &RateRun) -> Value {
-    let mids: Vec<f64> = r.points.iter().map(|p| p.mid_ns() as f64).collect();
-    let widths: Vec<f64> = r.points.iter().map(|p| p.width_ns() as f64).collect();
-    // Per point: [seconds into the run, midpoint ns, width ns].
-    let points: Vec<Value> = r
-        .points
-        .iter()
-        .map(|p| json!([p.at_s, p.mid_ns(), p.width_ns()]))
-        .collect();
     let after: Vec<Value> = r
         .after_set_back_points
         .iter()
         .map(|p| json!([p.mid_ns(), p.width_ns()]))
         .collect();
-    json!({
-        "ppm": r.ppm,
-        "policy": r.policy,
-        "residual_ns": signed_figure("ns", &mids),
-        "width_ns": figure("ns", &widths),
-        "points": points,
-        "lock_s": r.lock_s.map(|(lo, hi)| json!([lo, hi])),
-        "steps_after_lock": r.steps_after_lock,
-        "set_back_samples": r.set_back_samples,
-        "after_set_back_ns": r.after_set_back_ns,
-        "after_set_back_points": after,
-        "note": r.note,
-    })
+    let mut run = points_json(&r.points);
+    for (key, value) in [
+        ("ppm", json!(r.ppm)),
+        ("policy", json!(r.policy)),
+        ("lock_s", json!(r.lock_s.map(|(lo, hi)| [lo, hi]))),
+        ("steps_after_lock", json!(r.steps_after_lock)),
+        ("set_back_samples", json!(r.set_back_samples)),
+        ("after_set_back_ns", json!(r.after_set_back_ns)),
+        ("after_set_back_points", json!(after)),
+        ("note", json!(r.note)),
+    ] {
+        run.insert(key.into(), value);
+    }
+    Value::Object(run)
 }
 
 fn print(plan: &RatesPlan, runs: &[RateRun]) {
