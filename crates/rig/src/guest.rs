@@ -108,21 +108,41 @@ pub fn probe(vm: &Vm, prog: &str, count: u32) -> Result<Vec<i64>, RigError> {
 }
 
 /// The JSON object in a command's console output: from its first `{` to
-/// its last `}` (kernel messages share the console; [`Vm::run`] already
-/// leaves the agent's log lines out).
-pub fn json_in(out: &str) -> Option<&str> {
+/// its last `}`, without the kernel's messages that landed between its
+/// lines (they share the console: `random: crng init done` once broke a
+/// status; [`Vm::run`] already leaves the agent's log lines out).
+pub fn json_in(out: &str) -> Option<String> {
+    let kept: Vec<&str> = out
+        .lines()
+        .filter(|l| !crate::vm::is_kernel_log_line(l))
+        .collect();
+    let out = kept.join("\n");
     match (out.find('{'), out.rfind('}')) {
-        (Some(i), Some(j)) if i < j => Some(&out[i..=j]),
+        (Some(i), Some(j)) if i < j => Some(out[i..=j].to_string()),
         _ => None,
     }
 }
 
 /// The agent's status record, from `vmmci status --json` in the guest.
+/// A kernel message can land inside one of its lines on the shared serial
+/// console (the UART takes printk between any two bytes of a write), which
+/// no filter can undo: a status that does not parse is read once more, and
+/// the rig says so on stderr; a second failure is the answer.
 pub fn agent_status(vm: &Vm) -> Result<vmmci_report::Status, RigError> {
+    match read_status(vm) {
+        Err(RigError::Missing(why)) => {
+            eprintln!("  rig: `vmmci status --json` read again: {why}");
+            read_status(vm)
+        }
+        other => other,
+    }
+}
+
+fn read_status(vm: &Vm) -> Result<vmmci_report::Status, RigError> {
     let out = vm.run("vmmci status --json", Duration::from_secs(30))?;
     let json = json_in(&out)
         .ok_or_else(|| RigError::Missing(format!("no JSON from `vmmci status --json`: {out}")))?;
-    serde_json::from_str(json)
+    serde_json::from_str(&json)
         .map_err(|e| RigError::Missing(format!("`vmmci status --json`: {e}: {json}")))
 }
 
@@ -197,5 +217,19 @@ impl Booted {
     /// The vmd log, the rig's actions and the console tail, for failures.
     pub fn dump(&self) -> String {
         format!("{}(full log: {})", self.vm.dump(4000), self.log.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_read_without_the_kernels_messages_between_its_lines() {
+        let out = "RIG\n{\n  \"a\": 1,\n[   21.107039] random: crng init done\n  \"b\": 2\n}\n";
+        let json = json_in(out).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!((v["a"].as_i64(), v["b"].as_i64()), (Some(1), Some(2)));
+        assert_eq!(json_in("no json"), None);
     }
 }

@@ -16,6 +16,7 @@ mod shell;
 mod ticker;
 
 pub use end::{guest_crash_in_log, Ended, Outcome, GUEST_CRASH, GUEST_CRASH_MARKERS};
+pub(crate) use shell::is_kernel_log_line;
 pub use shell::Ran;
 
 use crate::proxy::BarDevice;

@@ -46,7 +46,7 @@ impl Vm {
         let s = self.wait_console_from(e, ":", timeout)?;
         // Offsets are into the raw console bytes: slice them, not a lossy copy.
         let data = self.shared.console.lock().unwrap().data[b..s].to_vec();
-        let output = without_log_lines(&String::from_utf8_lossy(&data[..e - end.len() - b]));
+        let output = without_agent_log(&String::from_utf8_lossy(&data[..e - end.len() - b]));
         let status = String::from_utf8_lossy(&data[e - b..s - 1 - b]);
         let status = status.trim().parse().map_err(|_| {
             RigError::Missing(format!(
@@ -57,23 +57,21 @@ impl Vm {
     }
 }
 
-/// The console is shared with the supervised agent and the kernel, whose
-/// log lines land between a command's lines whenever they log meanwhile
-/// (`random: crng init done` once broke a status JSON): leave them out of
-/// the command's output. Both write a whole line at a time, so one of their
-/// lines is never split; only a command that writes half a line and then
-/// waits could have one glued to its own, which no rig command does. The
-/// full console keeps them for the tests that wait for them.
-fn without_log_lines(out: &str) -> String {
-    let kept: Vec<&str> = out
-        .lines()
-        .filter(|l| !is_agent_log_line(l) && !is_kernel_log_line(l))
-        .collect();
+/// The console is shared with the supervised agent, whose log lines land
+/// between a command's lines whenever it logs meanwhile: leave them out of
+/// the command's output. The agent writes a whole line at a time, so one of
+/// its lines is never split; only a command that writes half a line and
+/// then waits could have one glued to its own, which no rig command does.
+/// The full console keeps them for the tests that wait for them. (The
+/// kernel's messages land there too, but look like `dmesg`'s output, which
+/// a command may want: JSON is read without them, in `guest::json_in`.)
+fn without_agent_log(out: &str) -> String {
+    let kept: Vec<&str> = out.lines().filter(|l| !is_agent_log_line(l)).collect();
     kept.join("\n").trim().to_string()
 }
 
 /// A kernel message: `[` seconds since boot with six decimals `] `.
-fn is_kernel_log_line(line: &str) -> bool {
+pub(crate) fn is_kernel_log_line(line: &str) -> bool {
     let line = line.trim_start_matches('\r');
     let Some(rest) = line.strip_prefix('[') else {
         return false;
@@ -114,13 +112,16 @@ mod tests {
         let out = "2026-11-30T05:56:03.880682Z  INFO chrony: /run/chrony.vmmci.sock is not there\n\
                    0000:00:02.0\n\
                    2026-11-30T05:56:04.1Z ERROR device gone\n";
-        assert_eq!(without_log_lines(out), "0000:00:02.0");
+        assert_eq!(without_agent_log(out), "0000:00:02.0");
     }
 
     #[test]
-    fn the_kernels_messages_are_not_a_commands_output() {
-        let out = "    {\n[   21.107039] random: crng init done\n      \"at_ns\": 1\n";
-        assert_eq!(without_log_lines(out), "{\n      \"at_ns\": 1");
+    fn kernel_messages_are_known_by_their_stamp() {
+        assert!(is_kernel_log_line("[   21.107039] random: crng init done"));
+        assert!(is_kernel_log_line("\r[12345.000001] loop: module loaded"));
+        // dmesg's output is a command's output: kept.
+        let dmesg = "[    4.930000] loop: module loaded";
+        assert_eq!(without_agent_log(dmesg), dmesg);
     }
 
     #[test]
@@ -134,7 +135,8 @@ mod tests {
             "[   21.107039]no space",
             "[x.123456] letters",
         ] {
-            assert_eq!(without_log_lines(line), line);
+            assert_eq!(without_agent_log(line), line);
+            assert!(!is_kernel_log_line(line), "{line}");
         }
     }
 }

@@ -75,7 +75,7 @@ pub fn host_clock_backward_explicit_syncrtc() {
 /// The integer at `key` of the JSON object in `out` (a command's console
 /// output), if it has one.
 pub fn json_i64(out: &str, key: &str) -> Option<i64> {
-    let json: serde_json::Value = serde_json::from_str(guest::json_in(out)?).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&guest::json_in(out)?).ok()?;
     json.get(key)?.as_i64()
 }
 
