@@ -195,9 +195,11 @@ impl Servo {
     fn learn_rate(&mut self, last: &Last, host_ns: i64, x_ns: i64, bound_ns: i64) {
         let h = (host_ns - last.host_ns) as f64;
         let g = h - (x_ns - last.offset_ns) as f64;
-        // Less than a second apart says little; the guest clock standing
-        // still or running backwards says the sample is junk.
-        if h < 1e9 || g <= 0.0 {
+        // Under half a second apart says little (the shortest configured
+        // interval is 1 s, which jitter makes a little shorter or longer;
+        // each measurement is weighed by its noise over H anyway); the guest
+        // clock standing still or running backwards says the sample is junk.
+        if h < 5e8 || g <= 0.0 {
             return;
         }
         let measured = ((1.0 + last.applied_ppm * 1e-6) * h / g - 1.0) * 1e6;

@@ -92,6 +92,19 @@ fn learns_a_50_ppm_rate_locks_and_samples_slower() {
 }
 
 #[test]
+fn learns_and_locks_at_the_shortest_sample_interval() {
+    // `sample_interval = "1s"`, the least the config allows; the host's
+    // reads land a little either side of a second apart.
+    let mut m = Model::new(50.0, 0.0);
+    m.noise_ns = 20_000.0;
+    let mut servo = Servo::new(0.0);
+    let one = Duration::from_secs(1);
+    let offsets = m.run(&mut servo, 300.0, one);
+    assert!((servo.rate_ppm() - 50.0).abs() < 5.0, "{servo:?}");
+    assert!(servo.locked_at().is_some(), "{offsets:?}");
+}
+
+#[test]
 fn follows_any_rate_the_kernel_can_correct_without_a_large_offset() {
     for rate in [0.0, -200.0, 2_000.0, 20_000.0, -60_000.0] {
         let mut m = Model::new(rate, 0.0);
